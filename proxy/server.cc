@@ -1,0 +1,268 @@
+#include "proxy/server.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <filesystem>
+
+#include "protocol/backend.h"
+#include "proxy/log.h"
+#include "proxy/session.h"
+#include "proxy/stream.h"
+#include "proxy/tls_context.h"
+
+namespace pgcloak::proxy {
+
+void SessionRegistry::add(uint64_t id, const std::shared_ptr<Session>& s) {
+  std::lock_guard lock(mu_);
+  sessions_[id] = s;
+}
+
+void SessionRegistry::remove(uint64_t id) {
+  std::lock_guard lock(mu_);
+  sessions_.erase(id);
+}
+
+size_t SessionRegistry::size() const {
+  std::lock_guard lock(mu_);
+  return sessions_.size();
+}
+
+std::vector<std::shared_ptr<Session>> SessionRegistry::snapshot() const {
+  std::lock_guard lock(mu_);
+  std::vector<std::shared_ptr<Session>> out;
+  out.reserve(sessions_.size());
+  for (const auto& [id, w] : sessions_) {
+    if (auto s = w.lock()) out.push_back(std::move(s));
+  }
+  return out;
+}
+
+Server::Server(rules::Config config) {
+  state_.config = std::make_shared<const rules::Config>(std::move(config));
+}
+
+Server::~Server() = default;
+
+Status Server::start() {
+  const auto& cfg = *state_.config;
+  if (cfg.tls.enabled()) {
+    auto ctx = make_client_facing_context(cfg.tls);
+    if (!ctx) return std::move(ctx).error();
+    state_.client_tls = std::move(ctx).value();
+  }
+  if (cfg.upstream.sslmode != rules::SslMode::disable) {
+    auto ctx = make_upstream_context(cfg.upstream);
+    if (!ctx) return std::move(ctx).error();
+    state_.upstream_tls = std::move(ctx).value();
+  }
+
+  unsigned threads = cfg.threads != 0 ? cfg.threads : std::max(1U, std::thread::hardware_concurrency());
+  for (unsigned i = 0; i < threads; ++i) {
+    workers_.push_back(std::make_unique<asio::io_context>(1));
+    guards_.push_back(asio::make_work_guard(*workers_.back()));
+  }
+  auto& main_ctx = *workers_.front();
+
+  for (const auto& l : cfg.listen) {
+    error_code ec;
+    auto addr = asio::ip::make_address(l.host, ec);
+    tcp::endpoint ep;
+    if (ec) {
+      tcp::resolver resolver(main_ctx);
+      auto results = resolver.resolve(l.host, std::to_string(l.port), ec);
+      if (ec || results.empty()) {
+        return Error::make(sqlstate::config_file_error, "cannot resolve listen address \"" + l.host + "\"");
+      }
+      ep = *results.begin();
+    } else {
+      ep = tcp::endpoint(addr, l.port);
+    }
+    auto acc = std::make_unique<tcp::acceptor>(main_ctx);
+    acc->open(ep.protocol(), ec);
+    if (!ec) acc->set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec && ep.address().is_v6()) acc->set_option(asio::ip::v6_only(true), ec);
+    if (!ec) acc->bind(ep, ec);
+    if (!ec) acc->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      return Error::make(sqlstate::config_file_error,
+                         "cannot listen on " + l.host + ":" + std::to_string(l.port) + ": " + ec.message());
+    }
+    log::info("listening on " + l.host + ":" + std::to_string(l.port));
+    tcp_acceptors_.push_back(std::move(acc));
+  }
+
+  if (!cfg.unix_socket_dir.empty()) {
+    unix_socket_path_ = cfg.unix_socket_dir + "/.s.PGSQL." + std::to_string(cfg.listen.front().port);
+    // A socket file left by a crashed pgcloak would make bind fail; remove
+    // it, but never remove anything that is not a socket.
+    struct stat st {};
+    if (::lstat(unix_socket_path_.c_str(), &st) == 0) {
+      if (!S_ISSOCK(st.st_mode)) {
+        return Error::make(sqlstate::config_file_error, unix_socket_path_ + " exists and is not a socket");
+      }
+      ::unlink(unix_socket_path_.c_str());
+    }
+    error_code ec;
+    unix_acceptor_ = std::make_unique<unix_stream::acceptor>(main_ctx);
+    unix_acceptor_->open(unix_stream(), ec);
+    if (!ec) unix_acceptor_->bind(unix_stream::endpoint(unix_socket_path_), ec);
+    if (!ec) unix_acceptor_->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      return Error::make(sqlstate::config_file_error,
+                         "cannot listen on Unix socket " + unix_socket_path_ + ": " + ec.message());
+    }
+    // Same default as PostgreSQL's unix_socket_permissions (0777): access is
+    // decided by authentication, not by the file mode.
+    ::chmod(unix_socket_path_.c_str(), 0777);
+    log::info("listening on Unix socket " + unix_socket_path_);
+  }
+
+  signals_ = std::make_unique<asio::signal_set>(main_ctx, SIGTERM, SIGINT, SIGHUP);
+  log::info("upstream PostgreSQL at " + cfg.upstream.describe() + " (sslmode " +
+            std::string(rules::to_string(cfg.upstream.sslmode)) + "); " + std::to_string(threads) +
+            " io threads; client TLS " + (cfg.tls.enabled() ? (cfg.tls.require ? "required" : "optional") : "off"));
+  return ok_status();
+}
+
+asio::io_context& Server::next_worker() {
+  auto& ctx = *workers_[next_worker_];
+  next_worker_ = (next_worker_ + 1) % workers_.size();
+  return ctx;
+}
+
+int Server::run() {
+  auto& main_ctx = *workers_.front();
+  for (auto& acc : tcp_acceptors_) asio::co_spawn(main_ctx, accept_tcp(*acc), asio::detached);
+  if (unix_acceptor_) asio::co_spawn(main_ctx, accept_unix(*unix_acceptor_), asio::detached);
+  asio::co_spawn(main_ctx, handle_signals(), asio::detached);
+
+  std::vector<std::thread> threads;
+  for (size_t i = 1; i < workers_.size(); ++i) {
+    threads.emplace_back([ctx = workers_[i].get()] { ctx->run(); });
+  }
+  main_ctx.run();
+  for (auto& t : threads) t.join();
+  return exit_code_;
+}
+
+awaitable<void> Server::reject(std::unique_ptr<Stream> stream, Error error) {
+  protocol::Buffer b;
+  protocol::ErrorResponse::from_error(error).encode(b);
+  co_await stream->write(asio::buffer(b));
+  stream->close();
+}
+
+void Server::start_session(std::unique_ptr<Stream> stream, asio::io_context& ctx) {
+  const auto& cfg = *state_.config;
+  if (state_.sessions.size() >= cfg.max_connections) {
+    log::warn("refusing connection from " + stream->peer_address() + ": max_connections (" +
+              std::to_string(cfg.max_connections) + ") reached");
+    asio::co_spawn(ctx,
+                   reject(std::move(stream), Error::make(sqlstate::too_many_connections,
+                                                         "sorry, too many clients already", Severity::fatal)),
+                   asio::detached);
+    return;
+  }
+  uint64_t id = state_.sessions.next_id();
+  auto session = std::make_shared<Session>(state_, std::move(stream), id);
+  state_.sessions.add(id, session);
+  asio::co_spawn(ctx, Session::run(std::move(session)), asio::detached);
+}
+
+awaitable<void> Server::accept_tcp(tcp::acceptor& acceptor) {
+  for (;;) {
+    auto& ctx = next_worker();
+    auto [ec, socket] = co_await acceptor.async_accept(ctx, use_nothrow);
+    if (ec) {
+      if (!acceptor.is_open() || ec == asio::error::operation_aborted) co_return;
+      log::warn("accept failed: " + ec.message());
+      // Out of descriptors: back off instead of spinning on the error.
+      asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(100));
+      co_await t.async_wait(use_nothrow);
+      continue;
+    }
+    error_code ignored;
+    socket.set_option(tcp::no_delay(true), ignored);
+    socket.set_option(asio::socket_base::keep_alive(true), ignored);
+    start_session(std::make_unique<Stream>(std::move(socket)), ctx);
+  }
+}
+
+awaitable<void> Server::accept_unix(unix_stream::acceptor& acceptor) {
+  for (;;) {
+    auto& ctx = next_worker();
+    auto [ec, socket] = co_await acceptor.async_accept(ctx, use_nothrow);
+    if (ec) {
+      if (!acceptor.is_open() || ec == asio::error::operation_aborted) co_return;
+      log::warn("accept failed on Unix socket: " + ec.message());
+      asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(100));
+      co_await t.async_wait(use_nothrow);
+      continue;
+    }
+    start_session(std::make_unique<Stream>(std::move(socket)), ctx);
+  }
+}
+
+awaitable<void> Server::handle_signals() {
+  for (;;) {
+    auto [ec, signo] = co_await signals_->async_wait(use_nothrow);
+    if (ec) co_return;
+    if (signo == SIGHUP) {
+      log::info("SIGHUP received: live configuration reload is not supported yet; restart pgcloak to apply changes");
+      continue;
+    }
+    log::info(std::string("received ") + (signo == SIGTERM ? "SIGTERM" : "SIGINT") + ", shutting down");
+    co_await shutdown();
+    co_return;
+  }
+}
+
+awaitable<void> Server::shutdown() {
+  state_.draining = true;
+  for (auto& acc : tcp_acceptors_) {
+    error_code ignored;
+    acc->close(ignored);
+  }
+  if (unix_acceptor_) {
+    error_code ignored;
+    unix_acceptor_->close(ignored);
+    ::unlink(unix_socket_path_.c_str());
+  }
+  const auto grace = state_.config->timeouts.shutdown_grace;
+  log::info("stopped accepting connections; draining " + std::to_string(state_.sessions.size()) +
+            " sessions (grace " + std::to_string(grace.count()) + " ms)");
+  // Idle sessions end at once; busy ones when their statement or
+  // transaction finishes.
+  for (auto& s : state_.sessions.snapshot()) {
+    asio::post(s->executor(), [s] { s->drain(); });
+  }
+  auto ex = co_await asio::this_coro::executor;
+  asio::steady_timer tick(ex);
+  const auto until = std::chrono::steady_clock::now() + grace;
+  while (state_.sessions.size() > 0 && std::chrono::steady_clock::now() < until) {
+    tick.expires_after(std::chrono::milliseconds(50));
+    co_await tick.async_wait(use_nothrow);
+  }
+  if (size_t left = state_.sessions.size(); left > 0) {
+    log::warn("grace period over; terminating " + std::to_string(left) + " sessions");
+    for (auto& s : state_.sessions.snapshot()) {
+      asio::post(s->executor(), [s] {
+        s->terminate(Error::make(sqlstate::admin_shutdown, "terminating connection due to administrator command",
+                                 Severity::fatal));
+      });
+    }
+    const auto hard = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (state_.sessions.size() > 0 && std::chrono::steady_clock::now() < hard) {
+      tick.expires_after(std::chrono::milliseconds(50));
+      co_await tick.async_wait(use_nothrow);
+    }
+  }
+  log::info("shutdown complete");
+  signals_->cancel();
+  for (auto& g : guards_) g.reset();
+  for (auto& w : workers_) w->stop();
+}
+
+}  // namespace pgcloak::proxy

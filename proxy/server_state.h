@@ -1,0 +1,44 @@
+// State shared by every session and the server: the loaded config, TLS
+// contexts, the cancel-key registry and the set of live sessions. Sessions
+// run on different io threads, so what is mutable here is synchronised.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "proxy/asio.h"
+#include "proxy/cancel_registry.h"
+#include "rules/config.h"
+
+namespace pgcloak::proxy {
+
+class Session;
+
+class SessionRegistry {
+ public:
+  uint64_t next_id() { return next_id_.fetch_add(1) + 1; }
+  void add(uint64_t id, const std::shared_ptr<Session>& s);
+  void remove(uint64_t id);
+  size_t size() const;
+  std::vector<std::shared_ptr<Session>> snapshot() const;
+
+ private:
+  std::atomic<uint64_t> next_id_{0};
+  mutable std::mutex mu_;
+  std::unordered_map<uint64_t, std::weak_ptr<Session>> sessions_;
+};
+
+struct ServerState {
+  std::shared_ptr<const rules::Config> config;
+  std::shared_ptr<ssl::context> client_tls;    // null when TLS towards clients is off
+  std::shared_ptr<ssl::context> upstream_tls;  // null when upstream.sslmode is disable
+  CancelRegistry cancels;
+  SessionRegistry sessions;
+  std::atomic<bool> draining{false};
+};
+
+}  // namespace pgcloak::proxy

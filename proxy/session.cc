@@ -1,0 +1,815 @@
+#include "proxy/session.h"
+
+#include <algorithm>
+#include <array>
+
+#include "protocol/backend.h"
+#include "protocol/frontend.h"
+#include "protocol/message_type.h"
+#include "proxy/log.h"
+#include "proxy/upstream.h"
+
+namespace pgcloak::proxy {
+
+namespace {
+
+namespace fe = protocol::fe;
+namespace be = protocol::be;
+using protocol::Bytes;
+using protocol::Buffer;
+
+// Relay chunk size: large enough that a bulk result moves in few syscalls,
+// small enough that a few per session keep memory flat.
+constexpr size_t relay_chunk = 64 * 1024;
+// Chunks queued towards a client before the server reader waits.
+constexpr size_t client_queue_chunks = 2;
+// Authentication messages from clients are small (a SCRAM message is well
+// under 1 KiB); PostgreSQL caps them at 64 KiB as well (PG_MAX_AUTH_TOKEN_LENGTH).
+constexpr uint32_t max_auth_message = 65536;
+
+constexpr auto make_type_table(std::initializer_list<uint8_t> types) {
+  std::array<bool, 256> t{};
+  for (uint8_t c : types) t[c] = true;
+  return t;
+}
+
+// Message types a client may send once authenticated (protocol docs,
+// "Message Formats"). Anything else is refused: pgcloak never forwards a
+// message it cannot classify.
+constexpr auto frontend_types = make_type_table({fe::bind, fe::close, fe::copy_data, fe::copy_done,
+                                                 fe::copy_fail, fe::describe, fe::execute, fe::flush,
+                                                 fe::function_call, fe::parse, fe::query, fe::sync,
+                                                 fe::terminate});
+constexpr auto backend_types = make_type_table(
+    {be::authentication, be::backend_key_data, be::bind_complete, be::close_complete, be::command_complete,
+     be::copy_data, be::copy_done, be::copy_in_response, be::copy_out_response, be::copy_both_response,
+     be::data_row, be::empty_query_response, be::error_response, be::function_call_response,
+     be::negotiate_protocol_version, be::no_data, be::notice_response, be::notification_response,
+     be::parameter_description, be::parameter_status, be::parse_complete, be::portal_suspended,
+     be::ready_for_query, be::row_description});
+
+Buffer encode_error(const Error& e) {
+  Buffer out;
+  protocol::ErrorResponse::from_error(e).encode(out);
+  return out;
+}
+
+std::string printable_type(uint8_t t) {
+  if (t >= 0x20 && t < 0x7f) return std::string("'") + static_cast<char>(t) + "'";
+  return "0x" + std::to_string(t);
+}
+
+bool truthy_replication(const std::string& v) {
+  // PostgreSQL accepts a boolean or "database" (logical replication).
+  return !(v == "0" || v == "false" || v == "off" || v == "no" || v == "f" || v == "n");
+}
+
+}  // namespace
+
+void Session::Inbound::consume(size_t n) {
+  begin += n;
+  if (begin == data.size()) {
+    data.clear();
+    begin = 0;
+  }
+}
+
+Session::Session(ServerState& server, std::unique_ptr<Stream> client, uint64_t id)
+    : server_(server),
+      config_(server.config),
+      client_(std::move(client)),
+      executor_(client_->executor()),
+      id_(id),
+      handshake_deadline_(executor_),
+      client_scanner_(config_->limits.max_message_size),
+      server_scanner_(config_->limits.max_message_size),
+      last_activity_(std::chrono::steady_clock::now()),
+      idle_timer_(executor_) {
+  identity_.client_address = client_->peer_address();
+}
+
+Session::~Session() {
+  if (registered_key_) server_.cancels.remove(client_key_);
+  server_.sessions.remove(id_);
+}
+
+awaitable<void> Session::run(std::shared_ptr<Session> self) {
+  try {
+    co_await self->main();
+  } catch (const std::exception& e) {
+    log::error(std::string("session ended by an internal error: ") + e.what(), self->id_);
+  }
+  self->close_all();
+}
+
+awaitable<void> Session::main() {
+  log::debug("connection from " + identity_.client_address, id_);
+  handshake_deadline_.arm(config_->timeouts.handshake, [this] {
+    log::warn("handshake timeout (" + std::to_string(config_->timeouts.handshake.count()) +
+                  " ms) expired before authentication completed; closing",
+              id_);
+    close_all();
+  });
+  if (!co_await negotiate_startup()) co_return;
+  if (!co_await connect_and_authenticate()) co_return;
+  handshake_deadline_.disarm();
+  co_await relay();
+}
+
+// --- startup phase --------------------------------------------------------
+
+awaitable<protocol::FrameResult> Session::read_frame(Stream& stream, Inbound& in, bool startup,
+                                                     uint32_t max_length) {
+  for (;;) {
+    auto r = startup ? protocol::decode_startup_frame(in.view(), max_length)
+                     : protocol::decode_frame(in.view(), max_length);
+    if (r.status != protocol::FrameStatus::need_more) co_return r;
+    if (&stream == client_.get() && !co_await flush_client()) {
+      co_return protocol::FrameResult{
+          protocol::FrameStatus::error, {},
+          Error::make(sqlstate::connection_failure, "client went away", Severity::fatal)};
+    }
+    if (in.begin > 0 && in.begin == in.data.size()) in.consume(0);
+    size_t have = in.data.size();
+    in.data.resize(have + 8192);
+    auto [ec, n] = co_await stream.read_some(asio::buffer(in.data.data() + have, 8192));
+    in.data.resize(have + n);
+    if (ec) {
+      co_return protocol::FrameResult{
+          protocol::FrameStatus::error, {},
+          Error::make(sqlstate::connection_failure, "connection closed: " + ec.message(), Severity::fatal)};
+    }
+  }
+}
+
+awaitable<bool> Session::negotiate_startup() {
+  bool ssl_done = false;
+  bool gss_done = false;
+  for (;;) {
+    auto fr = co_await read_frame(*client_, client_in_, true, protocol::max_startup_length);
+    if (fr.status == protocol::FrameStatus::error) {
+      if (fr.error.sqlstate != sqlstate::connection_failure) co_await send_error(fr.error);
+      log::debug("startup failed: " + fr.error.message, id_);
+      co_return false;
+    }
+    auto packet = protocol::decode_startup_packet(fr.frame.body);
+    const size_t frame_size = fr.frame.size();
+    if (!packet) {
+      co_await send_error(packet.error());
+      co_return false;
+    }
+    client_in_.consume(frame_size);
+
+    if (std::holds_alternative<protocol::SSLRequest>(*packet) ||
+        std::holds_alternative<protocol::GSSENCRequest>(*packet)) {
+      const bool is_ssl = std::holds_alternative<protocol::SSLRequest>(*packet);
+      if ((is_ssl && ssl_done) || (!is_ssl && gss_done) || client_->is_tls()) {
+        co_await send_error(Error::protocol("encryption negotiation repeated after it was settled"));
+        co_return false;
+      }
+      // Security: bytes that arrived behind the request were sent before
+      // encryption was agreed, so a man in the middle could have injected
+      // them; PostgreSQL refuses them for this reason (CVE-2021-23214).
+      if (!client_in_.view().empty()) {
+        Error e = Error::protocol(std::string("received unencrypted data after ") +
+                                  (is_ssl ? "SSL request" : "GSSAPI encryption request"));
+        e.detail = "This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.";
+        log::warn(e.message + " from " + identity_.client_address, id_);
+        co_await send_error(e);
+        co_return false;
+      }
+      if (!is_ssl) {
+        gss_done = true;
+        queue_to_client(protocol::as_bytes("N"));  // pgcloak does not do GSSAPI encryption
+        continue;
+      }
+      ssl_done = true;
+      if (!server_.client_tls || client_->is_unix()) {
+        queue_to_client(protocol::as_bytes("N"));
+        continue;
+      }
+      queue_to_client(protocol::as_bytes("S"));
+      if (!co_await flush_client()) co_return false;
+      phase_ = Phase::tls;
+      auto ec = co_await client_->tls_accept(*server_.client_tls);
+      if (ec) {
+        log::info("TLS handshake with " + identity_.client_address + " failed: " + ec.message(), id_);
+        co_return false;
+      }
+      identity_.tls = true;
+      identity_.tls_info = client_->tls_info();
+      phase_ = Phase::startup;
+      continue;
+    }
+
+    if (auto* cancel = std::get_if<protocol::CancelRequest>(&*packet)) {
+      co_await handle_cancel(*cancel);
+      co_return false;
+    }
+
+    startup_ = std::move(std::get<protocol::StartupMessage>(*packet));
+    break;
+  }
+
+  if (config_->tls.require && !identity_.tls) {
+    co_await send_error(Error::make(
+        sqlstate::invalid_authorization_specification,
+        "pgcloak accepts only TLS-encrypted connections", Severity::fatal,
+        "Connect with sslmode=require (or verify-full with pgcloak's CA certificate)."));
+    co_return false;
+  }
+
+  // Protocol 3.x with x > 0, or "_pq_." options: say which version and
+  // options we speak and carry on, as PostgreSQL does (protocol docs,
+  // "Protocol Versions").
+  protocol::NegotiateProtocolVersion npv;
+  npv.newest_minor = protocol::protocol_minor;
+  std::vector<std::pair<std::string, std::string>> forwarded;
+  for (auto& [k, v] : startup_.parameters) {
+    if (k.rfind("_pq_.", 0) == 0) {
+      npv.unrecognized_options.push_back(k);
+    } else {
+      forwarded.emplace_back(k, v);
+    }
+  }
+  if (startup_.minor != protocol::protocol_minor || !npv.unrecognized_options.empty()) {
+    Buffer b;
+    npv.encode(b);
+    queue_to_client(b);
+  }
+  startup_.minor = protocol::protocol_minor;
+  startup_.parameters = std::move(forwarded);
+
+  const std::string* user = startup_.find("user");
+  if (user == nullptr || user->empty()) {
+    co_await send_error(Error::make(sqlstate::invalid_authorization_specification,
+                                    "no PostgreSQL user name specified in startup packet", Severity::fatal));
+    co_return false;
+  }
+  if (const std::string* repl = startup_.find("replication"); repl != nullptr && truthy_replication(*repl)) {
+    // Replication streams whole tables past any statement-level policy.
+    co_await send_error(Error::make(sqlstate::feature_not_supported,
+                                    "replication connections are not allowed through pgcloak", Severity::fatal,
+                                    "Connect replication clients to PostgreSQL directly from a trusted host."));
+    co_return false;
+  }
+  identity_.user = *user;
+  const std::string* db = startup_.find("database");
+  identity_.database = db != nullptr && !db->empty() ? *db : *user;
+  if (const std::string* app = startup_.find("application_name")) identity_.application_name = *app;
+  identity_.startup_parameters = startup_.parameters;
+  co_return true;
+}
+
+awaitable<void> Session::handle_cancel(const protocol::CancelRequest& request) {
+  // Unknown keys are dropped without a word, as PostgreSQL does: an answer
+  // would let a scanner tell live keys from dead ones.
+  auto upstream_key = server_.cancels.find({request.process_id, request.secret_key});
+  if (!upstream_key) {
+    log::debug("cancel request with an unknown key ignored", id_);
+    co_return;
+  }
+  auto conn = co_await connect_upstream(config_->upstream, server_.upstream_tls.get());
+  if (!conn) {
+    log::warn("cannot forward cancel request: " + conn.error().message, id_);
+    co_return;
+  }
+  Buffer b;
+  protocol::CancelRequest{upstream_key->process_id, upstream_key->secret_key}.encode(b);
+  auto& up = **conn;
+  auto [ec, n] = co_await up.write(asio::buffer(b));
+  if (ec) {
+    log::warn("cannot forward cancel request: " + ec.message(), id_);
+    co_return;
+  }
+  // PostgreSQL closes the connection once it has acted; wait for that
+  // (bounded) so the client's own wait-for-close ends after the cancel.
+  Deadline wait(executor_);
+  wait.arm(std::chrono::seconds(5), [&up] { up.close(); });
+  std::array<uint8_t, 64> sink{};
+  for (int i = 0; i < 16; ++i) {
+    auto [rec, rn] = co_await up.read_some(asio::buffer(sink));
+    if (rec) break;
+  }
+  log::info("cancel request forwarded to PostgreSQL", id_);
+}
+
+// --- authentication phase -------------------------------------------------
+
+awaitable<bool> Session::connect_and_authenticate() {
+  phase_ = Phase::auth;
+  auto conn = co_await connect_upstream(config_->upstream, server_.upstream_tls.get());
+  if (!conn) {
+    log::warn(conn.error().message, id_);
+    co_await send_error(conn.error());
+    co_return false;
+  }
+  upstream_ = std::move(conn).value();
+  identity_.upstream_tls = upstream_->is_tls();
+  {
+    Buffer b;
+    startup_.encode(b);
+    if (!co_await write_upstream(b)) {
+      co_await send_error(Error::make(sqlstate::connection_failure,
+                                      "lost the connection to PostgreSQL while starting the session",
+                                      Severity::fatal));
+      co_return false;
+    }
+  }
+
+  const uint32_t max_len = config_->limits.max_message_size;
+  auto lost_upstream = [&]() -> awaitable<bool> {
+    co_await send_error(Error::make(sqlstate::connection_failure,
+                                    "lost the connection to PostgreSQL during authentication", Severity::fatal));
+    co_return false;
+  };
+  // Relays one client 'p' message after an authentication request.
+  auto relay_client_response = [&](protocol::AuthCode code) -> awaitable<bool> {
+    auto fr = co_await read_frame(*client_, client_in_, false, max_auth_message);
+    if (fr.status == protocol::FrameStatus::error) {
+      if (fr.error.sqlstate != sqlstate::connection_failure) co_await send_error(fr.error);
+      co_return false;
+    }
+    if (fr.frame.type() != fe::password) {
+      // A client may give up (Terminate) instead of answering.
+      if (fr.frame.type() != fe::terminate) {
+        co_await send_error(Error::protocol("expected a password or SASL response, got message type " +
+                                            printable_type(fr.frame.type())));
+      }
+      co_return false;
+    }
+    if (code == protocol::AuthCode::sasl) {
+      auto init = protocol::SASLInitialResponse::decode(fr.frame.body);
+      if (!init) {
+        co_await send_error(init.error());
+        co_return false;
+      }
+      if (init->mechanism != "SCRAM-SHA-256") {
+        co_await send_error(Error::make(sqlstate::protocol_violation,
+                                        "client selected SASL mechanism \"" + init->mechanism +
+                                            "\", which pgcloak did not offer",
+                                        Severity::fatal));
+        co_return false;
+      }
+      // A libpq client with TLS and channel_binding=prefer says "y": it
+      // could bind but believes the server cannot. PostgreSQL then fails the
+      // login when its own connection is TLS, since to it that looks like a
+      // downgrade (RFC 5802, section 6). Say so plainly instead.
+      if (init->data && !init->data->empty() && (*init->data)[0] == 'y' && upstream_->is_tls()) {
+        co_await send_error(Error::make(
+            sqlstate::invalid_authorization_specification,
+            "SCRAM channel binding cannot pass through pgcloak while its connection to PostgreSQL uses TLS",
+            Severity::fatal,
+            "Connect with channel_binding=disable, or run the pgcloak-to-PostgreSQL leg over a Unix "
+            "socket or loopback with upstream.sslmode: disable."));
+        co_return false;
+      }
+    }
+    const size_t size = fr.frame.size();
+    bool ok = co_await write_upstream(client_in_.view().first(size));
+    client_in_.consume(size);
+    co_return ok;
+  };
+
+  // Authentication exchange: requests from PostgreSQL go to the client and
+  // the client's answers go back, until AuthenticationOk or an error.
+  for (bool authenticated = false; !authenticated;) {
+    auto fr = co_await read_frame(*upstream_, upstream_in_, false, max_len);
+    if (fr.status == protocol::FrameStatus::error) {
+      if (fr.error.sqlstate == sqlstate::connection_failure) co_return co_await lost_upstream();
+      co_await send_error(fr.error);
+      co_return false;
+    }
+    const auto& frame = fr.frame;
+    const size_t size = frame.size();
+    switch (frame.type()) {
+      case be::authentication: {
+        auto auth = protocol::Authentication::decode(frame.body);
+        if (!auth) {
+          co_await send_error(auth.error());
+          co_return false;
+        }
+        const auto code = auth->code;
+        switch (code) {
+          case protocol::AuthCode::ok:
+            queue_to_client(upstream_in_.view().first(size));
+            upstream_in_.consume(size);
+            authenticated = true;
+            break;
+          case protocol::AuthCode::cleartext_password:
+          case protocol::AuthCode::md5_password:
+          case protocol::AuthCode::sasl_continue:
+            queue_to_client(upstream_in_.view().first(size));
+            upstream_in_.consume(size);
+            if (!co_await relay_client_response(code)) co_return false;
+            break;
+          case protocol::AuthCode::sasl: {
+            // TLS ends at pgcloak, so a client binding to our certificate
+            // could never match PostgreSQL's: offer only unbound SCRAM.
+            protocol::Authentication offer = *auth;
+            std::erase(offer.mechanisms, std::string("SCRAM-SHA-256-PLUS"));
+            if (std::find(offer.mechanisms.begin(), offer.mechanisms.end(), "SCRAM-SHA-256") ==
+                offer.mechanisms.end()) {
+              co_await send_error(Error::make(
+                  sqlstate::feature_not_supported,
+                  "PostgreSQL offered no SASL mechanism that can pass through pgcloak", Severity::fatal,
+                  "pgcloak relays SCRAM-SHA-256 without channel binding."));
+              co_return false;
+            }
+            upstream_in_.consume(size);
+            Buffer b;
+            offer.encode(b);
+            queue_to_client(b);
+            if (!co_await relay_client_response(code)) co_return false;
+            break;
+          }
+          case protocol::AuthCode::sasl_final:
+            queue_to_client(upstream_in_.view().first(size));
+            upstream_in_.consume(size);
+            break;
+          default:
+            co_await send_error(Error::make(sqlstate::feature_not_supported,
+                                            "PostgreSQL asked for an authentication method (code " +
+                                                std::to_string(static_cast<int>(code)) +
+                                                ") that pgcloak cannot relay; use scram-sha-256, md5 or password",
+                                            Severity::fatal));
+            co_return false;
+        }
+        break;
+      }
+      case be::error_response:
+        // A failed login: relay PostgreSQL's own error unchanged, so the
+        // client sees exactly what a direct connection would show.
+        queue_to_client(upstream_in_.view().first(size));
+        upstream_in_.consume(size);
+        co_await flush_client();
+        log::info("authentication failed for user \"" + identity_.user + "\" from " + identity_.client_address, id_);
+        co_return false;
+      case be::notice_response:
+      case be::negotiate_protocol_version:
+        queue_to_client(upstream_in_.view().first(size));
+        upstream_in_.consume(size);
+        break;
+      default:
+        co_await send_error(Error::protocol("unexpected message type " + printable_type(frame.type()) +
+                                            " from PostgreSQL during authentication"));
+        co_return false;
+    }
+  }
+
+  // Session setup: ParameterStatus, BackendKeyData, then ReadyForQuery.
+  for (;;) {
+    auto fr = co_await read_frame(*upstream_, upstream_in_, false, max_len);
+    if (fr.status == protocol::FrameStatus::error) {
+      if (fr.error.sqlstate == sqlstate::connection_failure) co_return co_await lost_upstream();
+      co_await send_error(fr.error);
+      co_return false;
+    }
+    const auto& frame = fr.frame;
+    const size_t size = frame.size();
+    switch (frame.type()) {
+      case be::parameter_status: {
+        auto ps = protocol::ParameterStatus::decode(frame.body);
+        if (!ps) {
+          co_await send_error(ps.error());
+          co_return false;
+        }
+        identity_.server_parameters[ps->name] = ps->value;
+        queue_to_client(upstream_in_.view().first(size));
+        break;
+      }
+      case be::backend_key_data: {
+        auto key = protocol::BackendKeyData::decode(frame.body);
+        if (!key) {
+          co_await send_error(key.error());
+          co_return false;
+        }
+        upstream_key_ = {key->process_id, key->secret_key};
+        client_key_ = server_.cancels.add(upstream_key_);
+        registered_key_ = true;
+        Buffer b;
+        protocol::BackendKeyData{client_key_.process_id, client_key_.secret_key}.encode(b);
+        queue_to_client(b);
+        break;
+      }
+      case be::notice_response:
+        queue_to_client(upstream_in_.view().first(size));
+        break;
+      case be::error_response:
+        queue_to_client(upstream_in_.view().first(size));
+        co_await flush_client();
+        co_return false;
+      case be::ready_for_query: {
+        auto rfq = protocol::ReadyForQuery::decode(frame.body);
+        if (!rfq) {
+          co_await send_error(rfq.error());
+          co_return false;
+        }
+        transaction_status_ = rfq->status;
+        queue_to_client(upstream_in_.view().first(size));
+        upstream_in_.consume(size);
+        identity_.authenticated = true;
+        if (auto it = identity_.server_parameters.find("application_name");
+            it != identity_.server_parameters.end()) {
+          identity_.application_name = it->second;
+        }
+        log::info("session ready: user=" + identity_.user + " database=" + identity_.database +
+                      " application_name=\"" + identity_.application_name + "\" client=" +
+                      identity_.client_address +
+                      (identity_.tls ? " tls=" + identity_.tls_info.version + "/" + identity_.tls_info.cipher
+                                     : std::string(" tls=off")) +
+                      (identity_.tls_info.client_cert_subject.empty()
+                           ? std::string()
+                           : " client_cert=\"" + identity_.tls_info.client_cert_subject + "\"") +
+                      " upstream_tls=" + (identity_.upstream_tls ? "on" : "off"),
+                  id_);
+        co_return true;
+      }
+      default:
+        co_await send_error(Error::protocol("unexpected message type " + printable_type(frame.type()) +
+                                            " from PostgreSQL during session start"));
+        co_return false;
+    }
+    upstream_in_.consume(size);
+  }
+}
+
+// --- output helpers -------------------------------------------------------
+
+awaitable<bool> Session::flush_client() {
+  if (client_out_.empty()) co_return true;
+  auto [ec, n] = co_await client_->write(asio::buffer(client_out_));
+  client_out_.clear();
+  co_return !ec;
+}
+
+awaitable<bool> Session::write_upstream(Bytes bytes) {
+  upstream_writing_ = true;
+  auto [ec, n] = co_await upstream_->write(asio::buffer(bytes.data(), bytes.size()));
+  upstream_writing_ = false;
+  co_return !ec;
+}
+
+awaitable<void> Session::send_error(const Error& error) {
+  Buffer b = encode_error(error);
+  if (to_client_) {
+    co_await to_client_->async_send(error_code{}, std::move(b), use_nothrow);
+    co_return;
+  }
+  queue_to_client(b);
+  co_await flush_client();
+}
+
+Buffer Session::take_buffer() {
+  if (spare_buffers_.empty()) return Buffer{};
+  Buffer b = std::move(spare_buffers_.back());
+  spare_buffers_.pop_back();
+  return b;
+}
+
+void Session::recycle(Buffer&& b) {
+  if (spare_buffers_.size() < client_queue_chunks + 1) {
+    b.clear();
+    spare_buffers_.push_back(std::move(b));
+  }
+}
+
+void Session::close_all() {
+  closing_ = true;
+  phase_ = Phase::closing;
+  handshake_deadline_.disarm();
+  idle_timer_.cancel();
+  if (to_client_) {
+    to_client_->cancel();
+    to_client_->close();
+  }
+  if (upstream_) upstream_->close();
+  client_->close();
+}
+
+// --- relaying -------------------------------------------------------------
+
+bool Session::idle() const {
+  return server_at_ready_ && pending_ready_ == 0 && client_scanner_.at_boundary() && !upstream_writing_;
+}
+
+awaitable<void> Session::relay() {
+  phase_ = Phase::ready;
+  server_at_ready_ = true;
+  to_client_ = std::make_unique<ChunkChannel>(executor_, client_queue_chunks);
+  // Whatever the handshake left in our output buffer goes first.
+  if (!client_out_.empty()) {
+    co_await to_client_->async_send(error_code{}, std::move(client_out_), use_nothrow);
+    client_out_ = Buffer{};
+  }
+  if (draining_ || server_.draining.load()) drain();
+  using namespace asio::experimental::awaitable_operators;
+  co_await (pump_client_to_server() && pump_server_to_client() && client_writer() && idle_watchdog());
+  log::info("session closed: user=" + identity_.user + " client=" + identity_.client_address, id_);
+}
+
+awaitable<void> Session::pump_client_to_server() {
+  Buffer buf(relay_chunk);
+  // Bytes the client sent right behind its last authentication message.
+  Buffer carried(client_in_.view().begin(), client_in_.view().end());
+  client_in_ = Inbound{};
+  bool saw_terminate = false;
+  Error violation;
+  bool violated = false;
+
+  auto process = [&](Bytes chunk) -> bool {
+    auto st = client_scanner_.scan(
+        chunk, [](uint8_t, uint32_t) { return false; },
+        [&](uint8_t type, uint32_t, const Bytes*) {
+          if (violated) return;
+          if (!frontend_types[type]) {
+            violated = true;
+            violation = Error::protocol("invalid frontend message type " + printable_type(type));
+            return;
+          }
+          if (type == fe::query || type == fe::sync || type == fe::function_call) {
+            ++pending_ready_;
+            server_at_ready_ = false;
+          } else if (type == fe::terminate) {
+            saw_terminate = true;
+          }
+        });
+    if (!st) {
+      violated = true;
+      violation = st.error();
+    }
+    return !violated;
+  };
+
+  bool ok = true;
+  if (!carried.empty()) {
+    ok = process(carried) && co_await write_upstream(carried);
+  }
+  while (ok && !saw_terminate && !closing_) {
+    auto [ec, n] = co_await client_->read_some(asio::buffer(buf));
+    if (ec) break;
+    last_activity_ = std::chrono::steady_clock::now();
+    Bytes chunk(buf.data(), n);
+    // Fail closed: a malformed stream is not forwarded, not even in part.
+    if (!process(chunk)) break;
+    if (!co_await write_upstream(chunk)) break;
+  }
+  if (violated) {
+    log::warn("closing session: " + violation.message, id_);
+    co_await send_error(violation);
+  } else if (!saw_terminate && !closing_ && upstream_ && client_scanner_.at_boundary()) {
+    // The client vanished without Terminate; end the backend cleanly rather
+    // than leave PostgreSQL to notice a reset.
+    static constexpr uint8_t terminate_msg[] = {'X', 0, 0, 0, 4};
+    co_await write_upstream(Bytes(terminate_msg));
+  }
+  terminate_sent_ = true;
+  // Ending the upstream side makes the server pump finish, which in turn
+  // lets the writer flush what is queued and close the client.
+  if (upstream_) upstream_->close();
+}
+
+awaitable<void> Session::pump_server_to_client() {
+  Error violation;
+  bool violated = false;
+  while (!closing_) {
+    Buffer buf = take_buffer();
+    buf.resize(relay_chunk);
+    auto [ec, n] = co_await upstream_->read_some(asio::buffer(buf));
+    if (ec) {
+      if (!terminate_sent_ && !terminating_ && !closing_) {
+        log::info("PostgreSQL closed the connection: " + ec.message(), id_);
+        // Whatever PostgreSQL said before closing (e.g. FATAL 57P01) is
+        // already queued; if it closed mid-message the client still needs
+        // a proper error.
+        if (!server_scanner_.at_boundary()) {
+          violated = true;
+          violation = Error::make(sqlstate::connection_failure,
+                                  "the connection to PostgreSQL was lost in the middle of a message",
+                                  Severity::fatal);
+        } else if ((!server_at_ready_ || pending_ready_ > 0) && last_server_type_ != be::error_response) {
+          violated = true;
+          violation = Error::make(sqlstate::connection_failure,
+                                  "the connection to PostgreSQL was lost while a statement was running",
+                                  Severity::fatal, "Retry the statement; if it keeps failing, check the PostgreSQL server log.");
+        }
+      }
+      break;
+    }
+    buf.resize(n);
+    last_activity_ = std::chrono::steady_clock::now();
+    bool ended_ready = false;
+    auto st = server_scanner_.scan(
+        Bytes(buf), [](uint8_t type, uint32_t) { return type == be::ready_for_query; },
+        [&](uint8_t type, uint32_t, const Bytes* body) {
+          if (violated) return;
+          if (!backend_types[type]) {
+            violated = true;
+            violation = Error::protocol("invalid message type " + printable_type(type) + " from PostgreSQL");
+            return;
+          }
+          ended_ready = false;
+          last_server_type_ = type;
+          if (type == be::ready_for_query) {
+            if (body == nullptr || body->size() != 1) {
+              violated = true;
+              violation = Error::protocol("malformed ReadyForQuery from PostgreSQL");
+              return;
+            }
+            transaction_status_ = (*body)[0];
+            if (pending_ready_ > 0) --pending_ready_;
+            ended_ready = true;
+          }
+        });
+    if (!st) {
+      violated = true;
+      violation = st.error();
+    }
+    if (violated) break;
+    server_at_ready_ = ended_ready && server_scanner_.at_boundary();
+    auto [sec] = co_await to_client_->async_send(error_code{}, std::move(buf), use_nothrow);
+    if (sec) co_return;  // the writer has gone: the client is lost
+    if (draining_ && idle() && transaction_status_ == 'I') {
+      co_await terminate_with(Error::make(sqlstate::admin_shutdown,
+                                          "terminating connection because pgcloak is shutting down",
+                                          Severity::fatal, "Reconnect in a moment."));
+    }
+  }
+  if (violated) {
+    log::warn("closing session: " + violation.message, id_);
+    co_await to_client_->async_send(error_code{}, encode_error(violation), use_nothrow);
+  }
+  if (upstream_) upstream_->close();
+  // End of stream for the writer: it flushes what is queued, then closes.
+  co_await to_client_->async_send(error_code{}, Buffer{}, use_nothrow);
+}
+
+awaitable<void> Session::client_writer() {
+  for (;;) {
+    auto [ec, chunk] = co_await to_client_->async_receive(use_nothrow);
+    if (ec || chunk.empty()) break;
+    auto [wec, n] = co_await client_->write(asio::buffer(chunk));
+    recycle(std::move(chunk));
+    if (wec) break;
+  }
+  close_all();
+}
+
+awaitable<void> Session::idle_watchdog() {
+  const auto limit = config_->timeouts.client_idle;
+  if (limit.count() == 0) co_return;
+  while (!closing_) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_activity_ >= limit) {
+      if (idle()) {
+        co_await terminate_with(Error::make(
+            sqlstate::idle_session_timeout, "terminating connection due to client idle timeout", Severity::fatal,
+            "pgcloak closes sessions idle for longer than timeouts.client_idle (" +
+                std::to_string(limit.count()) + " ms)."));
+        co_return;
+      }
+      // Busy: a statement is running, which is not idleness. Look again later.
+      idle_timer_.expires_after(limit);
+    } else {
+      idle_timer_.expires_at(last_activity_ + limit);
+    }
+    co_await idle_timer_.async_wait(use_nothrow);
+  }
+}
+
+awaitable<void> Session::terminate_with(Error reason) {
+  if (terminating_ || closing_) co_return;
+  terminating_ = true;
+  log::info("terminating session: " + reason.message, id_);
+  co_await to_client_->async_send(error_code{}, encode_error(reason), use_nothrow);
+  if (upstream_ && !upstream_writing_ && client_scanner_.at_boundary() && !terminate_sent_) {
+    terminate_sent_ = true;
+    static constexpr uint8_t terminate_msg[] = {'X', 0, 0, 0, 4};
+    co_await write_upstream(Bytes(terminate_msg));
+  }
+  terminate_sent_ = true;
+  if (upstream_) upstream_->close();
+}
+
+void Session::drain() {
+  draining_ = true;
+  if (phase_ == Phase::ready && idle() && transaction_status_ == 'I') {
+    terminate(Error::make(sqlstate::admin_shutdown, "terminating connection because pgcloak is shutting down",
+                          Severity::fatal, "Reconnect in a moment."));
+  }
+}
+
+void Session::terminate(Error reason) {
+  if (phase_ != Phase::ready || !to_client_) {
+    close_all();
+    return;
+  }
+  asio::co_spawn(
+      executor_,
+      [self = shared_from_this(), reason = std::move(reason)]() mutable -> awaitable<void> {
+        co_await self->terminate_with(std::move(reason));
+      },
+      asio::detached);
+}
+
+}  // namespace pgcloak::proxy

@@ -1,0 +1,141 @@
+// One client connection, from the first byte to close. Phases are explicit
+// (conventions, point 7): startup (SSLRequest/GSSENCRequest/CancelRequest/
+// StartupMessage), tls, auth (relayed to PostgreSQL), ready (relaying), and
+// closing. During relaying there is one reader per direction and one writer
+// that owns the client-bound queue (conventions, point 8); the queue holds at
+// most a few chunks, so a client that reads slowly stops the server reader.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "protocol/frame_scanner.h"
+#include "protocol/startup.h"
+#include "protocol/wire.h"
+#include "proxy/asio.h"
+#include "proxy/cancel_registry.h"
+#include "proxy/deadline.h"
+#include "proxy/server_state.h"
+#include "proxy/stream.h"
+
+namespace pgcloak::proxy {
+
+// Who is on the other end, known once AuthenticationOk arrives; kept for the
+// policy and audit work that builds on the session.
+struct SessionIdentity {
+  std::string user;
+  std::string database;
+  std::string application_name;
+  std::string client_address;  // ip:port or "unix"
+  bool tls = false;
+  TlsInfo tls_info;
+  bool upstream_tls = false;
+  std::vector<std::pair<std::string, std::string>> startup_parameters;
+  std::map<std::string, std::string> server_parameters;  // latest ParameterStatus values
+  bool authenticated = false;
+};
+
+enum class Phase { startup, tls, auth, ready, closing };
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(ServerState& server, std::unique_ptr<Stream> client, uint64_t id);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Root coroutine: exceptions stop here and are logged (conventions, point 6).
+  static awaitable<void> run(std::shared_ptr<Session> self);
+
+  // Both must be called on the session's executor (post to executor()).
+  // drain: end the session as soon as it is idle. terminate: end it now.
+  void drain();
+  void terminate(Error reason);
+
+  uint64_t id() const { return id_; }
+  asio::any_io_executor executor() { return executor_; }
+  const SessionIdentity& identity() const { return identity_; }
+
+ private:
+  // Input buffered from a stream during startup and auth. Relaying reads
+  // straight into chunk buffers instead.
+  struct Inbound {
+    protocol::Buffer data;
+    size_t begin = 0;
+    protocol::Bytes view() const { return protocol::Bytes(data).subspan(begin); }
+    void consume(size_t n);
+  };
+
+  awaitable<void> main();
+  awaitable<bool> negotiate_startup();
+  awaitable<bool> connect_and_authenticate();
+  awaitable<void> handle_cancel(const protocol::CancelRequest& request);
+  awaitable<void> relay();
+  awaitable<void> pump_client_to_server();
+  awaitable<void> pump_server_to_client();
+  awaitable<void> client_writer();
+  awaitable<void> idle_watchdog();
+  awaitable<void> terminate_with(Error reason);
+
+  // Reads until `in` holds one whole frame (startup-style when `startup`).
+  awaitable<protocol::FrameResult> read_frame(Stream& stream, Inbound& in, bool startup,
+                                              uint32_t max_length);
+  // The one way an error reaches the client: queued behind relayed output
+  // while relaying, written directly before that.
+  awaitable<void> send_error(const Error& error);
+  awaitable<bool> flush_client();
+  awaitable<bool> write_upstream(protocol::Bytes bytes);
+  void queue_to_client(protocol::Bytes bytes) {
+    client_out_.insert(client_out_.end(), bytes.begin(), bytes.end());
+  }
+
+  bool idle() const;
+  void close_all();
+  protocol::Buffer take_buffer();
+  void recycle(protocol::Buffer&& b);
+
+  ServerState& server_;
+  std::shared_ptr<const rules::Config> config_;  // snapshot for this session's lifetime
+  std::unique_ptr<Stream> client_;
+  std::unique_ptr<Stream> upstream_;
+  asio::any_io_executor executor_;
+  uint64_t id_;
+  Phase phase_ = Phase::startup;
+  SessionIdentity identity_;
+  protocol::StartupMessage startup_;
+
+  Inbound client_in_;
+  Inbound upstream_in_;
+  protocol::Buffer client_out_;  // handshake-phase output, flushed before reads
+
+  Deadline handshake_deadline_;
+  bool registered_key_ = false;
+  BackendKey client_key_;
+  BackendKey upstream_key_;
+
+  // Relay state. All of it is touched only on this session's executor.
+  using ChunkChannel = asio::experimental::channel<void(error_code, protocol::Buffer)>;
+  std::unique_ptr<ChunkChannel> to_client_;
+  std::vector<protocol::Buffer> spare_buffers_;
+  protocol::FrameScanner client_scanner_;
+  protocol::FrameScanner server_scanner_;
+  // One ReadyForQuery answers each Query, Sync and FunctionCall; counting
+  // them tells whether PostgreSQL still owes the client a response.
+  uint64_t pending_ready_ = 0;
+  bool server_at_ready_ = false;
+  uint8_t transaction_status_ = 'I';
+  uint8_t last_server_type_ = 0;
+  bool upstream_writing_ = false;
+  bool terminate_sent_ = false;
+  bool closing_ = false;
+  bool draining_ = false;
+  bool terminating_ = false;
+  std::chrono::steady_clock::time_point last_activity_;
+  asio::steady_timer idle_timer_;
+};
+
+}  // namespace pgcloak::proxy

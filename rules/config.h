@@ -1,0 +1,105 @@
+// pgcloak's configuration model. Loaded from YAML by config_loader.cc;
+// everything downstream reads these plain structs. Later issues add roles,
+// masking, audit, metrics and alerting as further top-level sections.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "protocol/framing.h"
+#include "protocol/result.h"
+
+namespace pgcloak::rules {
+
+using Duration = std::chrono::milliseconds;
+
+// libpq's sslmode values that make sense for a proxy (libpq docs, "SSL Mode
+// Descriptions"). allow and verify-ca are deliberately absent: allow is
+// downgrade-by-design and verify-ca checks a chain without the host name.
+enum class SslMode { disable, prefer, require, verify_full };
+std::string_view to_string(SslMode mode);
+
+enum class LogLevel { debug, info, warn, error };
+
+struct ListenAddress {
+  std::string host;  // literal IPv4/IPv6 address or a resolvable name
+  uint16_t port = 0;
+};
+
+struct TlsConfig {
+  std::string cert_file;
+  std::string key_file;
+  bool require = false;
+  std::string client_ca_file;  // non-empty = clients must present a cert (mTLS)
+  std::string min_version = "1.2";
+  bool enabled() const { return !cert_file.empty(); }
+};
+
+struct UpstreamConfig {
+  std::string host = "127.0.0.1";  // a leading '/' names a Unix socket directory
+  uint16_t port = 5432;
+  SslMode sslmode = SslMode::prefer;
+  std::string sslrootcert;
+  Duration connect_timeout{5000};
+  bool is_unix_socket() const { return !host.empty() && host.front() == '/'; }
+  std::string unix_socket_path() const;  // host/.s.PGSQL.port, as libpq builds it
+  std::string describe() const;          // for log lines and error messages
+};
+
+struct Timeouts {
+  Duration handshake{10000};
+  Duration client_idle{0};  // 0 = never
+  Duration shutdown_grace{30000};
+};
+
+struct Limits {
+  uint32_t max_message_size = protocol::default_max_message_length;
+};
+
+struct LogConfig {
+  LogLevel level = LogLevel::info;
+};
+
+struct Config {
+  std::vector<ListenAddress> listen{{"127.0.0.1", 6432}};
+  std::string unix_socket_dir;
+  unsigned threads = 0;  // 0 = hardware concurrency
+  unsigned max_connections = 10000;
+  TlsConfig tls;
+  UpstreamConfig upstream;
+  Timeouts timeouts;
+  Limits limits;
+  LogConfig log;
+};
+
+// One problem found in a config file, with a 1-based position.
+struct ConfigIssue {
+  int line = 0;
+  int column = 0;
+  std::string message;
+};
+
+struct ConfigLoad {
+  Config config;
+  std::vector<ConfigIssue> issues;  // empty = valid
+  bool ok() const { return issues.empty(); }
+  // "source:line:col: message" per issue, one per line.
+  std::string format(std::string_view source) const;
+};
+
+// Parses and validates. Never throws: YAML syntax errors, unknown keys, wrong
+// types and out-of-range values all become issues, so --check-config can list
+// every problem at once.
+ConfigLoad parse_config(std::string_view yaml_text);
+ConfigLoad load_config_file(const std::string& path);
+
+// "250ms", "10s", "5m", "1h", or a bare integer of milliseconds.
+Result<Duration> parse_duration(std::string_view text);
+// "4096", "64KiB", "16MiB", "1GiB" (also kB/MB/GB as powers of 1024, as
+// PostgreSQL's own GUC units do).
+Result<uint64_t> parse_size(std::string_view text);
+
+}  // namespace pgcloak::rules
