@@ -83,8 +83,7 @@ Result<M> decode_copy_response(Bytes body, std::string_view name) {
   FieldReader r(body, name);
   M m;
   uint8_t overall = 0;
-  if (!r.u8(overall, "overall format") || !r.i16_array(m.column_formats, "column count") ||
-      !r.finish()) {
+  if (!r.u8(overall, "overall format") || !r.i16_array(m.column_formats, "column count") || !r.finish()) {
     return r.take_error();
   }
   m.overall_format = static_cast<int8_t>(overall);
@@ -164,8 +163,7 @@ Result<Authentication> Authentication::decode(Bytes body) {
     case AuthCode::cleartext_password:
     case AuthCode::kerberos_v5:
     case AuthCode::gss:
-    case AuthCode::sspi:
-      break;
+    case AuthCode::sspi: break;
     case AuthCode::md5_password: {
       Bytes salt;
       if (!r.bytes(m.salt.size(), salt, "salt")) return r.take_error();
@@ -184,12 +182,8 @@ Result<Authentication> Authentication::decode(Bytes body) {
       break;
     case AuthCode::sasl_continue:
     case AuthCode::sasl_final:
-    case AuthCode::gss_continue:
-      m.data = r.rest();
-      break;
-    default:
-      r.fail("unknown authentication code " + std::to_string(code));
-      return r.take_error();
+    case AuthCode::gss_continue: m.data = r.rest(); break;
+    default: r.fail("unknown authentication code " + std::to_string(code)); return r.take_error();
   }
   if (!r.finish()) return r.take_error();
   return m;
@@ -200,20 +194,15 @@ void Authentication::encode(Buffer& out) const {
   size_t at = w.begin(be::authentication);
   w.i32(static_cast<int32_t>(code));
   switch (code) {
-    case AuthCode::md5_password:
-      w.bytes(Bytes(salt));
-      break;
+    case AuthCode::md5_password: w.bytes(Bytes(salt)); break;
     case AuthCode::sasl:
       for (const auto& name : mechanisms) w.cstring(name);
       w.u8(0);
       break;
     case AuthCode::sasl_continue:
     case AuthCode::sasl_final:
-    case AuthCode::gss_continue:
-      w.bytes(data);
-      break;
-    default:
-      break;
+    case AuthCode::gss_continue: w.bytes(data); break;
+    default: break;
   }
   w.end(at);
 }
@@ -240,8 +229,7 @@ void BackendKeyData::encode(Buffer& out) const {
 Result<ParameterStatus> ParameterStatus::decode(Bytes body) {
   FieldReader r(body, "ParameterStatus");
   ParameterStatus m;
-  if (!r.cstring(m.name, "parameter name") || !r.cstring(m.value, "parameter value") ||
-      !r.finish()) {
+  if (!r.cstring(m.name, "parameter name") || !r.cstring(m.value, "parameter value") || !r.finish()) {
     return r.take_error();
   }
   return m;
@@ -278,30 +266,44 @@ void ReadyForQuery::encode(Buffer& out) const {
 Result<ParseComplete> ParseComplete::decode(Bytes body) {
   return decode_empty<ParseComplete>(body, "ParseComplete");
 }
-void ParseComplete::encode(Buffer& out) const { encode_empty(out, be::parse_complete); }
+void ParseComplete::encode(Buffer& out) const {
+  encode_empty(out, be::parse_complete);
+}
 
 Result<BindComplete> BindComplete::decode(Bytes body) {
   return decode_empty<BindComplete>(body, "BindComplete");
 }
-void BindComplete::encode(Buffer& out) const { encode_empty(out, be::bind_complete); }
+void BindComplete::encode(Buffer& out) const {
+  encode_empty(out, be::bind_complete);
+}
 
 Result<CloseComplete> CloseComplete::decode(Bytes body) {
   return decode_empty<CloseComplete>(body, "CloseComplete");
 }
-void CloseComplete::encode(Buffer& out) const { encode_empty(out, be::close_complete); }
+void CloseComplete::encode(Buffer& out) const {
+  encode_empty(out, be::close_complete);
+}
 
-Result<NoData> NoData::decode(Bytes body) { return decode_empty<NoData>(body, "NoData"); }
-void NoData::encode(Buffer& out) const { encode_empty(out, be::no_data); }
+Result<NoData> NoData::decode(Bytes body) {
+  return decode_empty<NoData>(body, "NoData");
+}
+void NoData::encode(Buffer& out) const {
+  encode_empty(out, be::no_data);
+}
 
 Result<PortalSuspended> PortalSuspended::decode(Bytes body) {
   return decode_empty<PortalSuspended>(body, "PortalSuspended");
 }
-void PortalSuspended::encode(Buffer& out) const { encode_empty(out, be::portal_suspended); }
+void PortalSuspended::encode(Buffer& out) const {
+  encode_empty(out, be::portal_suspended);
+}
 
 Result<EmptyQueryResponse> EmptyQueryResponse::decode(Bytes body) {
   return decode_empty<EmptyQueryResponse>(body, "EmptyQueryResponse");
 }
-void EmptyQueryResponse::encode(Buffer& out) const { encode_empty(out, be::empty_query_response); }
+void EmptyQueryResponse::encode(Buffer& out) const {
+  encode_empty(out, be::empty_query_response);
+}
 
 // ---- ParameterDescription: Int16 N, Int32[N] type OIDs.
 Result<ParameterDescription> ParameterDescription::decode(Bytes body) {
@@ -404,7 +406,9 @@ const std::string* NoticeFields::find(uint8_t code) const {
 Result<ErrorResponse> ErrorResponse::decode(Bytes body) {
   return decode_notice<ErrorResponse>(body, "ErrorResponse");
 }
-void ErrorResponse::encode(Buffer& out) const { encode_notice(*this, be::error_response, out); }
+void ErrorResponse::encode(Buffer& out) const {
+  encode_notice(*this, be::error_response, out);
+}
 
 ErrorResponse ErrorResponse::from_error(const Error& error) {
   // S is localized and V is not (PostgreSQL 9.6+); pgcloak does not localize,
@@ -423,7 +427,9 @@ ErrorResponse ErrorResponse::from_error(const Error& error) {
 Result<NoticeResponse> NoticeResponse::decode(Bytes body) {
   return decode_notice<NoticeResponse>(body, "NoticeResponse");
 }
-void NoticeResponse::encode(Buffer& out) const { encode_notice(*this, be::notice_response, out); }
+void NoticeResponse::encode(Buffer& out) const {
+  encode_notice(*this, be::notice_response, out);
+}
 
 // ---- NotificationResponse: Int32 process ID, String channel, String payload.
 Result<NotificationResponse> NotificationResponse::decode(Bytes body) {
@@ -487,13 +493,16 @@ Result<NegotiateProtocolVersion> NegotiateProtocolVersion::decode(Bytes body) {
   FieldReader r(body, "NegotiateProtocolVersion");
   NegotiateProtocolVersion m;
   size_t n = 0;
-  if (!r.i32(m.newest_minor, "newest minor version") ||
-      !r.count32(n, 1, "unrecognized option count")) {
+  if (!r.i32(m.newest_minor, "newest minor version") || !r.count32(n, 1, "unrecognized option count")) {
     return r.take_error();
   }
-  m.unrecognized_options.resize(n);
-  for (auto& option : m.unrecognized_options) {
+  // Appended one by one rather than sized up front: an Int32 count bounded
+  // only by the body would otherwise allocate a std::string per claimed
+  // option (~32x the message size) before the first name is checked.
+  for (size_t i = 0; i < n; ++i) {
+    std::string option;
     if (!r.cstring(option, "option name")) return r.take_error();
+    m.unrecognized_options.push_back(std::move(option));
   }
   if (!r.finish()) return r.take_error();
   return m;

@@ -11,7 +11,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -25,13 +24,9 @@ namespace pgcloak::protocol::detail {
 
 // A type byte for error text: 'Q' when printable, 0x00 otherwise.
 inline std::string type_text(uint8_t type) {
-  char buf[8];
-  if (type >= 0x20 && type < 0x7f) {
-    std::snprintf(buf, sizeof buf, "'%c'", type);
-  } else {
-    std::snprintf(buf, sizeof buf, "0x%02x", type);
-  }
-  return buf;
+  if (type >= 0x20 && type < 0x7f) return std::string{'\'', static_cast<char>(type), '\''};
+  static constexpr char hex[] = "0123456789abcdef";
+  return std::string{'0', 'x', hex[type >> 4], hex[type & 0xf]};
 }
 
 class FieldReader {
@@ -150,17 +145,15 @@ class FieldReader {
     return std::string(field) + " " + std::to_string(*index);
   }
   bool missing(std::string_view field) {
-    return fail(std::string(field) + " is missing (" + std::to_string(r_.remaining()) +
-                " bytes left)");
+    return fail(std::string(field) + " is missing (" + std::to_string(r_.remaining()) + " bytes left)");
   }
   template <class Int>
   bool check_count(Int n, size_t min_item_size, std::string_view field, size_t& out) {
     if (n < 0) return fail(std::string(field) + " " + std::to_string(n) + " is negative");
     auto need = static_cast<uint64_t>(n) * min_item_size;
     if (need > r_.remaining()) {
-      return fail(std::string(field) + " " + std::to_string(n) + " needs at least " +
-                  std::to_string(need) + " bytes but " + std::to_string(r_.remaining()) +
-                  " remain");
+      return fail(std::string(field) + " " + std::to_string(n) + " needs at least " + std::to_string(need) +
+                  " bytes but " + std::to_string(r_.remaining()) + " remain");
     }
     out = static_cast<size_t>(n);
     return true;

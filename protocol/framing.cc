@@ -18,7 +18,9 @@ Error bad_length(uint32_t length, uint32_t max_length, std::string_view what) {
 
 // A length field above INT32_MAX would be negative as PostgreSQL reads it, so
 // no caller-supplied limit can admit one.
-uint32_t effective_limit(uint32_t max_length) { return std::min(max_length, 0x7fffffffU); }
+uint32_t effective_limit(uint32_t max_length) {
+  return std::min(max_length, 0x7fffffffU);
+}
 
 bool length_ok(uint32_t length, uint32_t max_length) {
   return length >= min_length && length <= effective_limit(max_length);
@@ -64,10 +66,9 @@ FrameResult decode_startup_frame(Bytes in, uint32_t max_length) {
   // The shortest startup packet (SSLRequest) has an 8-byte length.
   if (length < 8 || length > limit) {
     r.status = FrameStatus::error;
-    r.error = length < 8
-                  ? Error::protocol("invalid startup packet length " + std::to_string(length) +
-                                    ": below the minimum of 8")
-                  : bad_length(length, limit, "startup packet");
+    r.error = length < 8 ? Error::protocol("invalid startup packet length " + std::to_string(length) +
+                                           ": below the minimum of 8")
+                         : bad_length(length, limit, "startup packet");
     return r;
   }
   if (in.size() < length) return r;

@@ -43,9 +43,8 @@ bool read_kind(FieldReader& r, uint8_t& kind) {
 // parameters; or it can equal the actual number of parameters."
 bool check_format_count(FieldReader& r, size_t formats, size_t values, std::string_view what) {
   if (formats == 0 || formats == 1 || formats == values) return true;
-  return r.fail(std::string(what) + " format count " + std::to_string(formats) +
-                " is neither 0, 1 nor the " + std::string(what) + " count " +
-                std::to_string(values));
+  return r.fail(std::string(what) + " format count " + std::to_string(formats) + " is neither 0, 1 nor the " +
+                std::string(what) + " count " + std::to_string(values));
 }
 
 void write_i16_array(Writer& w, const std::vector<int16_t>& values) {
@@ -185,8 +184,7 @@ void Describe::encode(Buffer& out) const {
 Result<Execute> Execute::decode(Bytes body) {
   FieldReader r(body, "Execute");
   Execute m;
-  if (!r.cstring(m.portal, "portal name") || !r.i32(m.max_rows, "maximum row count") ||
-      !r.finish()) {
+  if (!r.cstring(m.portal, "portal name") || !r.i32(m.max_rows, "maximum row count") || !r.finish()) {
     return r.take_error();
   }
   return m;
@@ -200,11 +198,19 @@ void Execute::encode(Buffer& out) const {
   w.end(at);
 }
 
-Result<Sync> Sync::decode(Bytes body) { return decode_empty<Sync>(body, "Sync"); }
-void Sync::encode(Buffer& out) const { encode_empty(out, fe::sync); }
+Result<Sync> Sync::decode(Bytes body) {
+  return decode_empty<Sync>(body, "Sync");
+}
+void Sync::encode(Buffer& out) const {
+  encode_empty(out, fe::sync);
+}
 
-Result<Flush> Flush::decode(Bytes body) { return decode_empty<Flush>(body, "Flush"); }
-void Flush::encode(Buffer& out) const { encode_empty(out, fe::flush); }
+Result<Flush> Flush::decode(Bytes body) {
+  return decode_empty<Flush>(body, "Flush");
+}
+void Flush::encode(Buffer& out) const {
+  encode_empty(out, fe::flush);
+}
 
 // ---- Close: Byte1 'S'/'P', String name.
 Result<Close> Close::decode(Bytes body) {
@@ -225,10 +231,14 @@ void Close::encode(Buffer& out) const {
 Result<Terminate> Terminate::decode(Bytes body) {
   return decode_empty<Terminate>(body, "Terminate");
 }
-void Terminate::encode(Buffer& out) const { encode_empty(out, fe::terminate); }
+void Terminate::encode(Buffer& out) const {
+  encode_empty(out, fe::terminate);
+}
 
 // ---- CopyData: the whole body is data, in either direction.
-Result<CopyData> CopyData::decode(Bytes body) { return CopyData{body}; }
+Result<CopyData> CopyData::decode(Bytes body) {
+  return CopyData{body};
+}
 
 void CopyData::encode(Buffer& out) const {
   Writer w(out);
@@ -237,8 +247,12 @@ void CopyData::encode(Buffer& out) const {
   w.end(at);
 }
 
-Result<CopyDone> CopyDone::decode(Bytes body) { return decode_empty<CopyDone>(body, "CopyDone"); }
-void CopyDone::encode(Buffer& out) const { encode_empty(out, fe::copy_done); }
+Result<CopyDone> CopyDone::decode(Bytes body) {
+  return decode_empty<CopyDone>(body, "CopyDone");
+}
+void CopyDone::encode(Buffer& out) const {
+  encode_empty(out, fe::copy_done);
+}
 
 // ---- CopyFail: String error message.
 Result<CopyFail> CopyFail::decode(Bytes body) {
@@ -261,8 +275,7 @@ Result<FunctionCall> FunctionCall::decode(Bytes body) {
   FieldReader r(body, "FunctionCall");
   FunctionCall m;
   size_t args = 0;
-  if (!r.u32(m.function_oid, "function OID") ||
-      !r.i16_array(m.argument_formats, "argument format count") ||
+  if (!r.u32(m.function_oid, "function OID") || !r.i16_array(m.argument_formats, "argument format count") ||
       !r.count16(args, 4, "argument count") ||
       !check_format_count(r, m.argument_formats.size(), args, "argument")) {
     return r.take_error();
@@ -305,8 +318,8 @@ void PasswordMessage::encode(Buffer& out) const {
 Result<SASLInitialResponse> SASLInitialResponse::decode(Bytes body) {
   FieldReader r(body, "SASLInitialResponse");
   SASLInitialResponse m;
-  if (!r.cstring(m.mechanism, "mechanism name") ||
-      !r.nullable_bytes(m.data, "initial response") || !r.finish()) {
+  if (!r.cstring(m.mechanism, "mechanism name") || !r.nullable_bytes(m.data, "initial response") ||
+      !r.finish()) {
     return r.take_error();
   }
   return m;
@@ -321,7 +334,9 @@ void SASLInitialResponse::encode(Buffer& out) const {
 }
 
 // ---- SASLResponse (and GSSResponse): the whole body is data.
-Result<SASLResponse> SASLResponse::decode(Bytes body) { return SASLResponse{body}; }
+Result<SASLResponse> SASLResponse::decode(Bytes body) {
+  return SASLResponse{body};
+}
 
 void SASLResponse::encode(Buffer& out) const {
   Writer w(out);

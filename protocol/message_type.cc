@@ -70,7 +70,11 @@ constexpr NameTable backend_names = build_names(Direction::backend);
 
 }  // namespace
 
-std::string_view frontend_message_name(uint8_t type) { return frontend_names[type]; }
-std::string_view backend_message_name(uint8_t type) { return backend_names[type]; }
+std::string_view frontend_message_name(uint8_t type) {
+  return frontend_names[type];
+}
+std::string_view backend_message_name(uint8_t type) {
+  return backend_names[type];
+}
 
 }  // namespace pgcloak::protocol

@@ -20,7 +20,7 @@ using protocol::Buffer;
 
 // Relay chunk size: large enough that a bulk result moves in few syscalls,
 // small enough that a few per session keep memory flat.
-constexpr size_t relay_chunk = 64 * 1024;
+constexpr size_t relay_chunk = size_t{64} * 1024;
 // Chunks queued towards a client before the server reader waits.
 constexpr size_t client_queue_chunks = 2;
 // Authentication messages from clients are small (a SCRAM message is well
@@ -211,7 +211,9 @@ awaitable<bool> Session::negotiate_startup() {
     break;
   }
 
-  if (config_->tls.require && !identity_.tls) {
+  // tls.require guards the network. A Unix socket never leaves the host, and
+  // PostgreSQL itself offers no TLS there, so local clients are exempt.
+  if (config_->tls.require && !identity_.tls && !client_->is_unix()) {
     co_await send_error(Error::make(
         sqlstate::invalid_authorization_specification,
         "pgcloak accepts only TLS-encrypted connections", Severity::fatal,
@@ -356,6 +358,9 @@ awaitable<bool> Session::connect_and_authenticate() {
       // login when its own connection is TLS, since to it that looks like a
       // downgrade (RFC 5802, section 6). Say so plainly instead.
       if (init->data && !init->data->empty() && (*init->data)[0] == 'y' && upstream_->is_tls()) {
+        log::info("refusing SCRAM login of user \"" + identity_.user +
+                      "\": the client asked for channel binding (gs2 flag y) and the upstream leg is TLS",
+                  id_);
         co_await send_error(Error::make(
             sqlstate::invalid_authorization_specification,
             "SCRAM channel binding cannot pass through pgcloak while its connection to PostgreSQL uses TLS",
@@ -373,6 +378,7 @@ awaitable<bool> Session::connect_and_authenticate() {
 
   // Authentication exchange: requests from PostgreSQL go to the client and
   // the client's answers go back, until AuthenticationOk or an error.
+  bool password_requested = false;
   for (bool authenticated = false; !authenticated;) {
     auto fr = co_await read_frame(*upstream_, upstream_in_, false, max_len);
     if (fr.status == protocol::FrameStatus::error) {
@@ -392,6 +398,15 @@ awaitable<bool> Session::connect_and_authenticate() {
         const auto code = auth->code;
         switch (code) {
           case protocol::AuthCode::ok:
+            if (!password_requested && !client_->is_unix()) {
+              // pgcloak relays authentication; a trust rule in PostgreSQL's
+              // pg_hba.conf for pgcloak's address therefore opens the door to
+              // every network client of pgcloak. Make that visible.
+              log::warn("PostgreSQL let user \"" + identity_.user + "\" in without a password (trust); " +
+                            "every client that reaches pgcloak gets the same. Use scram-sha-256 in pg_hba.conf " +
+                            "for pgcloak's address.",
+                        id_);
+            }
             queue_to_client(upstream_in_.view().first(size));
             upstream_in_.consume(size);
             authenticated = true;
@@ -399,11 +414,13 @@ awaitable<bool> Session::connect_and_authenticate() {
           case protocol::AuthCode::cleartext_password:
           case protocol::AuthCode::md5_password:
           case protocol::AuthCode::sasl_continue:
+            password_requested = true;
             queue_to_client(upstream_in_.view().first(size));
             upstream_in_.consume(size);
             if (!co_await relay_client_response(code)) co_return false;
             break;
           case protocol::AuthCode::sasl: {
+            password_requested = true;
             // TLS ends at pgcloak, so a client binding to our certificate
             // could never match PostgreSQL's: offer only unbound SCRAM.
             protocol::Authentication offer = *auth;
@@ -553,24 +570,23 @@ awaitable<bool> Session::write_upstream(Bytes bytes) {
 awaitable<void> Session::send_error(const Error& error) {
   Buffer b = encode_error(error);
   if (to_client_) {
-    co_await to_client_->async_send(error_code{}, std::move(b), use_nothrow);
+    co_await to_client_->async_send(error_code{}, Chunk(b.begin(), b.end()), use_nothrow);
     co_return;
   }
   queue_to_client(b);
   co_await flush_client();
 }
 
-Buffer Session::take_buffer() {
-  if (spare_buffers_.empty()) return Buffer{};
-  Buffer b = std::move(spare_buffers_.back());
-  spare_buffers_.pop_back();
-  return b;
+Chunk Session::take_chunk() {
+  if (spare_chunks_.empty()) return Chunk{};
+  Chunk c = std::move(spare_chunks_.back());
+  spare_chunks_.pop_back();
+  return c;
 }
 
-void Session::recycle(Buffer&& b) {
-  if (spare_buffers_.size() < client_queue_chunks + 1) {
-    b.clear();
-    spare_buffers_.push_back(std::move(b));
+void Session::recycle(Chunk&& c) {
+  if (spare_chunks_.size() < client_queue_chunks + 1 && c.capacity() >= relay_chunk) {
+    spare_chunks_.push_back(std::move(c));
   }
 }
 
@@ -599,7 +615,7 @@ awaitable<void> Session::relay() {
   to_client_ = std::make_unique<ChunkChannel>(executor_, client_queue_chunks);
   // Whatever the handshake left in our output buffer goes first.
   if (!client_out_.empty()) {
-    co_await to_client_->async_send(error_code{}, std::move(client_out_), use_nothrow);
+    co_await to_client_->async_send(error_code{}, Chunk(client_out_.begin(), client_out_.end()), use_nothrow);
     client_out_ = Buffer{};
   }
   if (draining_ || server_.draining.load()) drain();
@@ -673,7 +689,7 @@ awaitable<void> Session::pump_server_to_client() {
   Error violation;
   bool violated = false;
   while (!closing_) {
-    Buffer buf = take_buffer();
+    Chunk buf = take_chunk();
     buf.resize(relay_chunk);
     auto [ec, n] = co_await upstream_->read_some(asio::buffer(buf));
     if (ec) {
@@ -700,7 +716,7 @@ awaitable<void> Session::pump_server_to_client() {
     last_activity_ = std::chrono::steady_clock::now();
     bool ended_ready = false;
     auto st = server_scanner_.scan(
-        Bytes(buf), [](uint8_t type, uint32_t) { return type == be::ready_for_query; },
+        Bytes(buf.data(), buf.size()), [](uint8_t type, uint32_t) { return type == be::ready_for_query; },
         [&](uint8_t type, uint32_t, const Bytes* body) {
           if (violated) return;
           if (!backend_types[type]) {
@@ -737,11 +753,12 @@ awaitable<void> Session::pump_server_to_client() {
   }
   if (violated) {
     log::warn("closing session: " + violation.message, id_);
-    co_await to_client_->async_send(error_code{}, encode_error(violation), use_nothrow);
+    Buffer e = encode_error(violation);
+    co_await to_client_->async_send(error_code{}, Chunk(e.begin(), e.end()), use_nothrow);
   }
   if (upstream_) upstream_->close();
   // End of stream for the writer: it flushes what is queued, then closes.
-  co_await to_client_->async_send(error_code{}, Buffer{}, use_nothrow);
+  co_await to_client_->async_send(error_code{}, Chunk{}, use_nothrow);
 }
 
 awaitable<void> Session::client_writer() {
@@ -781,7 +798,8 @@ awaitable<void> Session::terminate_with(Error reason) {
   if (terminating_ || closing_) co_return;
   terminating_ = true;
   log::info("terminating session: " + reason.message, id_);
-  co_await to_client_->async_send(error_code{}, encode_error(reason), use_nothrow);
+  Buffer e = encode_error(reason);
+  co_await to_client_->async_send(error_code{}, Chunk(e.begin(), e.end()), use_nothrow);
   if (upstream_ && !upstream_writing_ && client_scanner_.at_boundary() && !terminate_sent_) {
     terminate_sent_ = true;
     static constexpr uint8_t terminate_msg[] = {'X', 0, 0, 0, 4};

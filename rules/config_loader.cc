@@ -323,10 +323,12 @@ ConfigLoad parse_config(std::string_view yaml_text) {
             auto size = parse_size(s);
             if (!size) {
               w.issue(v, "limits.max_message_size: " + size.error().message);
-            } else if (*size < 8192 || *size > protocol::default_max_message_length) {
+            } else if (*size < 8192 || *size > (uint64_t{1} << 30)) {
               w.issue(v, "limits.max_message_size must be between 8KiB and 1GiB");
             } else {
-              c.limits.max_message_size = static_cast<uint32_t>(*size);
+              // 1GiB itself means PostgreSQL's own ceiling, which is one byte less.
+              c.limits.max_message_size =
+                  static_cast<uint32_t>(std::min<uint64_t>(*size, protocol::default_max_message_length));
             }
           }},
         });

@@ -141,6 +141,10 @@ TEST(ConfigTest, MessageSizeBounds) {
   EXPECT_TRUE(has_issue(parse_config("limits:\n  max_message_size: 2GiB\n"), 2, "between 8KiB and 1GiB"));
   EXPECT_TRUE(has_issue(parse_config("limits:\n  max_message_size: lots\n"), 2, "invalid size"));
   EXPECT_TRUE(parse_config("limits:\n  max_message_size: 8192\n").ok());
+  // The documented default must be accepted as written.
+  auto gib = parse_config("limits:\n  max_message_size: 1GiB\n");
+  ASSERT_TRUE(gib.ok()) << dump(gib);
+  EXPECT_EQ(gib.config.limits.max_message_size, protocol::default_max_message_length);
 }
 
 TEST(DurationTest, UnitsAndErrors) {

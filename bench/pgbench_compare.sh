@@ -1,0 +1,425 @@
+#!/usr/bin/env bash
+# Read-only pgbench throughput: PostgreSQL direct vs. through pgcloak vs.
+# through PgBouncer (session mode), all in one run on this machine.
+#
+# It starts its own PostgreSQL 15 cluster, loads `pgbench -i`, starts pgcloak
+# and PgBouncer in front of it, runs `pgbench -S` in simple and prepared
+# protocol modes against each target (interleaved, BENCH_ROUNDS times, median
+# taken), prints a table and writes JSON to bench/results/. Everything it
+# started is stopped and deleted on exit.
+#
+# Environment (defaults in brackets):
+#   BENCH_SECONDS [20]     duration of each pgbench run
+#   BENCH_ROUNDS [1]       rounds; each round runs every mode x target once
+#   BENCH_SCALE [10]       pgbench -i scale factor
+#   BENCH_CLIENTS [16]     pgbench -c
+#   BENCH_JOBS [2]         pgbench -j
+#   BENCH_WARMUP [5]       seconds of untimed direct warm-up (0 = none)
+#   BENCH_TLS [0]          1 = clients use TLS to every target (sslmode=require)
+#   BENCH_UPSTREAM [unix]  unix | tcp: how pgcloak and PgBouncer reach PostgreSQL
+#   BENCH_MODES ["simple prepared"]
+#   BENCH_TARGETS ["direct pgcloak pgbouncer"]
+#   BENCH_PGCLOAK_THREADS [0]  pgcloak io threads (0 = cores)
+#   BENCH_RESULTS_FILE     JSON output [bench/results/pgbench-<UTC time>.json]
+#   BENCH_KEEP [0]         1 = keep the work directory (logs) after exit
+#   PGCLOAK_BIN            use this binary instead of building build/proxy/pgcloak
+#   BENCH_SKIP_BUILD [0]   1 = do not build; use build/proxy/pgcloak as is
+#
+# Exit status: 0 when every run produced a tps figure, 1 otherwise.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=deploy/lib/pgcluster.sh
+source "$ROOT/deploy/lib/pgcluster.sh"
+
+DURATION=${BENCH_SECONDS:-20}
+ROUNDS=${BENCH_ROUNDS:-1}
+SCALE=${BENCH_SCALE:-10}
+CLIENTS=${BENCH_CLIENTS:-16}
+JOBS=${BENCH_JOBS:-2}
+WARMUP=${BENCH_WARMUP:-5}
+TLS=${BENCH_TLS:-0}
+UPSTREAM=${BENCH_UPSTREAM:-unix}
+read -r -a MODES <<<"${BENCH_MODES:-simple prepared}"
+read -r -a TARGETS <<<"${BENCH_TARGETS:-direct pgcloak pgbouncer}"
+PGCLOAK_THREADS=${BENCH_PGCLOAK_THREADS:-0}
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS_FILE=${BENCH_RESULTS_FILE:-$ROOT/bench/results/pgbench-$STAMP.json}
+
+BENCH_USER=bench
+BENCH_DB=bench
+BENCH_PASSWORD=bench-pw
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+
+for v in DURATION ROUNDS SCALE CLIENTS JOBS WARMUP PGCLOAK_THREADS; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v=${!v} must be a non-negative integer"
+done
+((DURATION > 0 && ROUNDS > 0 && SCALE > 0 && CLIENTS > 0 && JOBS > 0)) ||
+  die "BENCH_SECONDS, BENCH_ROUNDS, BENCH_SCALE, BENCH_CLIENTS and BENCH_JOBS must be positive"
+[[ $TLS == 0 || $TLS == 1 ]] || die "BENCH_TLS must be 0 or 1"
+[[ $UPSTREAM == unix || $UPSTREAM == tcp ]] || die "BENCH_UPSTREAM must be unix or tcp"
+for m in "${MODES[@]}"; do
+  [[ $m == simple || $m == extended || $m == prepared ]] || die "unknown mode $m"
+done
+for t in "${TARGETS[@]}"; do
+  [[ $t == direct || $t == pgcloak || $t == pgbouncer ]] || die "unknown target $t"
+done
+for tool in pgbench psql pgbouncer openssl python3 setpriv; do
+  command -v "$tool" >/dev/null || die "$tool not found; run deploy/install-deps.sh"
+done
+
+# --- work directory and cleanup ----------------------------------------------
+
+WORK=$(mktemp -d /tmp/pgcloak-bench.XXXXXX)
+chmod 755 "$WORK" # the cluster's OS user must reach its subdirectories
+PG_DIR=$WORK/pg
+TLS_DIR=$WORK/tls
+BOUNCER_DIR=$WORK/pgbouncer
+PGCLOAK_PID=""
+BOUNCER_PID=""
+PGBENCH_PID=""
+
+stop_pid() { # stop_pid PID NAME: SIGTERM, wait up to 10s, then SIGKILL
+  local pid=$1 name=$2 i
+  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  log "$name (pid $pid) ignored SIGTERM for 10s; killing it"
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  stop_pid "$PGBENCH_PID" pgbench
+  stop_pid "$PGCLOAK_PID" pgcloak
+  stop_pid "$BOUNCER_PID" pgbouncer
+  # Belt and braces: whatever PgBouncer's own pid file names, if it is ours.
+  local bpid
+  bpid=$(cat "$BOUNCER_DIR/pgbouncer.pid" 2>/dev/null || true)
+  if [[ $bpid =~ ^[0-9]+$ ]] && ps -p "$bpid" -o args= 2>/dev/null | grep -qF "$BOUNCER_DIR/"; then
+    stop_pid "$bpid" pgbouncer
+  fi
+  pgc_stop "$PG_DIR" 30 || true
+  if [[ ${BENCH_KEEP:-0} == 1 ]]; then
+    log "kept $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Prints the last lines of a log file to stderr, then dies.
+die_with_log() {
+  local file=$1
+  shift
+  [[ -f $file ]] && tail -n 20 "$file" >&2
+  die "$*"
+}
+
+# Prefix that runs a command as the cluster's OS user. setpriv execs, so $!
+# of a backgrounded "${AS_OWNER[@]}" cmd & is the command's own PID (a shell
+# function run with & would add a subshell in between).
+AS_OWNER=()
+if [[ $(id -u) -eq 0 ]]; then
+  AS_OWNER=(setpriv --reuid="$PGC_OS_USER" --regid="$PGC_OS_USER" --init-groups --)
+fi
+
+# --- pgcloak binary ----------------------------------------------------------
+
+if [[ -n ${PGCLOAK_BIN:-} ]]; then
+  [[ -x $PGCLOAK_BIN ]] || die "PGCLOAK_BIN=$PGCLOAK_BIN is not executable"
+elif [[ ${BENCH_SKIP_BUILD:-0} == 1 ]]; then
+  PGCLOAK_BIN=$ROOT/build/proxy/pgcloak
+  [[ -x $PGCLOAK_BIN ]] || die "$PGCLOAK_BIN missing and BENCH_SKIP_BUILD=1"
+else
+  PGCLOAK_BIN=$ROOT/build/proxy/pgcloak
+  log "building pgcloak (Release, build/)"
+  cmake -S "$ROOT" -B "$ROOT/build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null ||
+    die "cmake configure failed"
+  cmake --build "$ROOT/build" --target pgcloak >/dev/null || die "building pgcloak failed"
+fi
+# build/proxy/pgcloak -> build/CMakeCache.txt
+if grep -qs '^CMAKE_BUILD_TYPE:STRING=Release$' "$(dirname "$PGCLOAK_BIN")/../CMakeCache.txt"; then
+  BUILD_TYPE=Release
+else
+  BUILD_TYPE=unknown
+  log "warning: $PGCLOAK_BIN may not be a Release build"
+fi
+
+# --- PostgreSQL --------------------------------------------------------------
+
+PG_PORT=$(pgc_free_port)
+PGCLOAK_PORT=$(pgc_free_port)
+BOUNCER_PORT=$(pgc_free_port)
+while [[ $PGCLOAK_PORT == "$PG_PORT" ]]; do PGCLOAK_PORT=$(pgc_free_port); done
+while [[ $BOUNCER_PORT == "$PG_PORT" || $BOUNCER_PORT == "$PGCLOAK_PORT" ]]; do
+  BOUNCER_PORT=$(pgc_free_port)
+done
+
+pgc_gen_certs "$TLS_DIR"
+ssl_opt=()
+((TLS)) && ssl_opt=(--ssl "$TLS_DIR")
+log "initialising PostgreSQL 15 in $PG_DIR (port $PG_PORT)"
+# Durability is irrelevant for a read-only benchmark; keep background work
+# (checkpoints, autovacuum) from adding noise.
+pgc_init "$PG_DIR" "$PG_PORT" "${ssl_opt[@]}" \
+  --conf "shared_buffers = 256MB" \
+  --conf "max_connections = 200" \
+  --conf "fsync = off" \
+  --conf "synchronous_commit = off" \
+  --conf "full_page_writes = off" \
+  --conf "checkpoint_timeout = 1h" \
+  --conf "max_wal_size = 4GB" \
+  --conf "autovacuum = off" \
+  --conf "jit = off" \
+  --conf "log_min_messages = warning"
+pgc_start "$PG_DIR" 60
+pgc_psql "$PG_DIR" -c "CREATE ROLE $BENCH_USER LOGIN PASSWORD '$BENCH_PASSWORD'" \
+  -c "CREATE DATABASE $BENCH_DB OWNER $BENCH_USER" >/dev/null
+log "pgbench -i -s $SCALE"
+pgbench -i -q -s "$SCALE" -h "$PG_DIR" -p "$PG_PORT" -U "$BENCH_USER" "$BENCH_DB" \
+  >"$WORK/pgbench-init.log" 2>&1 || die_with_log "$WORK/pgbench-init.log" "pgbench -i failed"
+
+if [[ $UPSTREAM == unix ]]; then UP_HOST=$PG_DIR; else UP_HOST=127.0.0.1; fi
+
+# --- pgcloak -----------------------------------------------------------------
+
+start_pgcloak() {
+  local tls_cert="" tls_key=""
+  if ((TLS)); then tls_cert=$TLS_DIR/server.crt; tls_key=$TLS_DIR/server.key; fi
+  cat >"$WORK/pgcloak.yaml" <<EOF
+listen: ["127.0.0.1:$PGCLOAK_PORT"]
+unix_socket_dir: ""
+threads: $PGCLOAK_THREADS
+max_connections: 1000
+tls:
+  cert_file: "$tls_cert"
+  key_file: "$tls_key"
+  require: false
+  client_ca_file: ""
+  min_version: "1.2"
+upstream:
+  host: "$UP_HOST"
+  port: $PG_PORT
+  sslmode: disable
+  sslrootcert: ""
+  connect_timeout: 5s
+timeouts:
+  handshake: 10s
+  client_idle: 0s
+  shutdown_grace: 5s
+log:
+  level: warn
+EOF
+  "$PGCLOAK_BIN" --check-config "$WORK/pgcloak.yaml" >"$WORK/pgcloak.log" 2>&1 ||
+    die_with_log "$WORK/pgcloak.log" "pgcloak rejected its configuration"
+  "$PGCLOAK_BIN" --config "$WORK/pgcloak.yaml" >>"$WORK/pgcloak.log" 2>&1 </dev/null &
+  PGCLOAK_PID=$!
+  pgc_wait_tcp 127.0.0.1 "$PGCLOAK_PORT" 15 ||
+    die_with_log "$WORK/pgcloak.log" "pgcloak did not listen on $PGCLOAK_PORT within 15s"
+}
+
+# --- PgBouncer ---------------------------------------------------------------
+
+start_pgbouncer() {
+  mkdir -p "$BOUNCER_DIR"
+  local tls_lines="client_tls_sslmode = disable"
+  if ((TLS)); then
+    cp "$TLS_DIR/server.crt" "$TLS_DIR/server.key" "$BOUNCER_DIR/"
+    tls_lines="client_tls_sslmode = require
+client_tls_cert_file = $BOUNCER_DIR/server.crt
+client_tls_key_file = $BOUNCER_DIR/server.key"
+  fi
+  # A plaintext password in the userlist lets PgBouncer do SCRAM both with
+  # the client and, over TCP, with PostgreSQL.
+  printf '"%s" "%s"\n' "$BENCH_USER" "$BENCH_PASSWORD" >"$BOUNCER_DIR/userlist.txt"
+  cat >"$BOUNCER_DIR/pgbouncer.ini" <<EOF
+[databases]
+$BENCH_DB = host=$UP_HOST port=$PG_PORT dbname=$BENCH_DB
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $BOUNCER_DIR/userlist.txt
+pool_mode = session
+max_client_conn = 1000
+default_pool_size = $((CLIENTS + 8))
+max_db_connections = 0
+server_tls_sslmode = disable
+$tls_lines
+logfile = $BOUNCER_DIR/pgbouncer.log
+pidfile = $BOUNCER_DIR/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+ignore_startup_parameters = extra_float_digits
+EOF
+  chmod 600 "$BOUNCER_DIR/userlist.txt" "$BOUNCER_DIR"/*.key 2>/dev/null || true
+  if [[ $(id -u) -eq 0 ]]; then chown -R "$PGC_OS_USER:" "$BOUNCER_DIR"; fi
+  # PgBouncer refuses to run as root.
+  "${AS_OWNER[@]}" pgbouncer "$BOUNCER_DIR/pgbouncer.ini" >"$BOUNCER_DIR/stderr.log" 2>&1 </dev/null &
+  BOUNCER_PID=$!
+  pgc_wait_tcp 127.0.0.1 "$BOUNCER_PORT" 15 || {
+    cat "$BOUNCER_DIR/stderr.log" >&2
+    die_with_log "$BOUNCER_DIR/pgbouncer.log" "pgbouncer did not listen on $BOUNCER_PORT within 15s"
+  }
+}
+
+target_port() {
+  case $1 in
+    direct) echo "$PG_PORT" ;;
+    pgcloak) echo "$PGCLOAK_PORT" ;;
+    pgbouncer) echo "$BOUNCER_PORT" ;;
+  esac
+}
+
+SSLMODE=disable
+((TLS)) && SSLMODE=require
+export PGPASSWORD=$BENCH_PASSWORD PGSSLMODE=$SSLMODE PGCONNECT_TIMEOUT=10
+
+for t in "${TARGETS[@]}"; do
+  case $t in
+    pgcloak) start_pgcloak ;;
+    pgbouncer) start_pgbouncer ;;
+  esac
+  out=$(timeout --foreground 30 psql -X -At -h 127.0.0.1 -p "$(target_port "$t")" -U "$BENCH_USER" \
+    -d "$BENCH_DB" -c "SELECT count(*) FROM pgbench_branches" 2>&1) && [[ $out == "$SCALE" ]] ||
+    die "a test query through $t failed: $out"
+done
+
+# --- runs --------------------------------------------------------------------
+
+CORES=$(nproc)
+CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+PG_VERSION=$("$PGC_BINDIR/postgres" --version | sed 's/^postgres (PostgreSQL) //')
+BOUNCER_VERSION=$(pgbouncer --version | head -n 1 | sed 's/^PgBouncer //')
+PGCLOAK_VERSION=$("$PGCLOAK_BIN" --version 2>&1 | head -n 1 | sed "s/^pgcloak //" || true)
+GIT_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+LOADAVG=$(cut -d' ' -f1 /proc/loadavg)
+
+cat <<EOF
+pgbench -S (read-only, scale $SCALE): $CLIENTS clients, $JOBS threads, ${DURATION}s per run, $ROUNDS round(s), median reported
+client TLS: $( ((TLS)) && echo "on (sslmode=require) for every target" || echo off); pgcloak/PgBouncer -> PostgreSQL over $UPSTREAM$( [[ $UPSTREAM == unix ]] && echo " socket" || echo " 127.0.0.1"), plaintext
+PostgreSQL $PG_VERSION, PgBouncer $BOUNCER_VERSION (session mode), pgcloak ${PGCLOAK_VERSION:-?} ($BUILD_TYPE, threads=$PGCLOAK_THREADS)
+host: $CORES cores ($CPU_MODEL), load average $LOADAVG before the runs
+NOTE: pgbench, PostgreSQL and the proxy all share these $CORES cores. pgbench
+itself burns much of the CPU, and a proxy adds a process that competes with
+PostgreSQL for it, so the ratios are a pessimistic bound for a deployment
+where clients, proxy and database run on separate hosts.
+
+EOF
+if awk -v l="$LOADAVG" -v c="$CORES" 'BEGIN {exit !(l > c / 2)}'; then
+  echo "WARNING: the machine is already busy (load $LOADAVG on $CORES cores); numbers will be noisy."
+  echo
+fi
+
+RUNS_TSV=$WORK/runs.tsv # round mode target tps latency_ms failed ok
+: >"$RUNS_TSV"
+RUN_TIMEOUT=$((DURATION + 60))
+ANY_FAILED=0
+
+# run_pgbench MODE TARGET SECONDS OUTFILE. pgbench runs in the background and
+# we wait for it, because `wait` returns at once when SIGTERM/SIGINT arrive,
+# so cleanup does not have to sit out the rest of a run.
+run_pgbench() {
+  timeout "$RUN_TIMEOUT" pgbench -n -S -M "$1" -c "$CLIENTS" -j "$JOBS" -T "$3" \
+    -h 127.0.0.1 -p "$(target_port "$2")" -U "$BENCH_USER" "$BENCH_DB" >"$4" 2>&1 &
+  PGBENCH_PID=$!
+  local rc=0
+  wait "$PGBENCH_PID" || rc=$?
+  PGBENCH_PID=""
+  return "$rc"
+}
+
+if ((WARMUP > 0)); then
+  log "warm-up: ${WARMUP}s direct"
+  run_pgbench simple direct "$WARMUP" "$WORK/pgbench-warmup.log" || true
+fi
+
+for ((round = 1; round <= ROUNDS; round++)); do
+  for mode in "${MODES[@]}"; do
+    for target in "${TARGETS[@]}"; do
+      log "round $round/$ROUNDS: $mode -> $target"
+      ok=1
+      run_log=$WORK/pgbench-$round-$mode-$target.log
+      run_pgbench "$mode" "$target" "$DURATION" "$run_log" || ok=0
+      out=$(<"$run_log")
+      tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | tail -n 1)
+      lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' <<<"$out" | tail -n 1)
+      failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out" | tail -n 1)
+      [[ -n $tps ]] || ok=0
+      [[ -z $failed || $failed == 0 ]] || ok=0
+      if ((!ok)); then
+        ANY_FAILED=1
+        log "run failed: $mode -> $target; pgbench said:"
+        tail -n 15 <<<"$out" >&2
+      fi
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$mode" "$target" \
+        "${tps:-0}" "${lat:-0}" "${failed:-0}" "$ok" >>"$RUNS_TSV"
+    done
+  done
+done
+
+# --- report ------------------------------------------------------------------
+
+median() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+
+SUMMARY_TSV=$WORK/summary.tsv # mode target tps latency ratio
+: >"$SUMMARY_TSV"
+for mode in "${MODES[@]}"; do
+  direct_tps=$(awk -F'\t' -v m="$mode" '$2 == m && $3 == "direct" && $7 == 1 {print $4}' "$RUNS_TSV" | median)
+  for target in "${TARGETS[@]}"; do
+    tps=$(awk -F'\t' -v m="$mode" -v t="$target" '$2 == m && $3 == t && $7 == 1 {print $4}' "$RUNS_TSV" | median)
+    lat=$(awk -F'\t' -v m="$mode" -v t="$target" '$2 == m && $3 == t && $7 == 1 {print $5}' "$RUNS_TSV" | median)
+    ratio=$(awk -v a="$tps" -v b="$direct_tps" 'BEGIN {if (b > 0) printf "%.3f", a / b; else print "null"}')
+    printf '%s\t%s\t%s\t%s\t%s\n' "$mode" "$target" "$tps" "$lat" "$ratio" >>"$SUMMARY_TSV"
+  done
+done
+
+printf '%-9s %-10s %12s %12s %10s\n' mode target tps latency_ms vs_direct
+printf '%-9s %-10s %12s %12s %10s\n' --------- ---------- ------------ ------------ ----------
+while IFS=$'\t' read -r mode target tps lat ratio; do
+  printf '%-9s %-10s %12.1f %12.3f %10s\n' "$mode" "$target" "$tps" "$lat" "$ratio"
+done <"$SUMMARY_TSV"
+
+mkdir -p "$(dirname "$RESULTS_FILE")"
+json_str() { python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1"; }
+{
+  printf '{\n'
+  printf '  "timestamp": "%s",\n' "$STAMP"
+  printf '  "git_commit": %s,\n' "$(json_str "$GIT_COMMIT")"
+  printf '  "host": {"cores": %s, "cpu": %s, "kernel": %s, "loadavg_before": %s},\n' "$CORES" \
+    "$(json_str "$CPU_MODEL")" "$(json_str "$(uname -r)")" "$LOADAVG"
+  printf '  "versions": {"pgcloak": %s, "pgcloak_build": "%s", "postgresql": %s, "pgbouncer": %s},\n' \
+    "$(json_str "$PGCLOAK_VERSION")" "$BUILD_TYPE" "$(json_str "$PG_VERSION")" "$(json_str "$BOUNCER_VERSION")"
+  printf '  "params": {"scale": %s, "clients": %s, "jobs": %s, "seconds": %s, "rounds": %s, "warmup_seconds": %s, "client_tls": %s, "upstream": "%s", "pgcloak_threads": %s, "pgbouncer_pool_mode": "session"},\n' \
+    "$SCALE" "$CLIENTS" "$JOBS" "$DURATION" "$ROUNDS" "$WARMUP" \
+    "$( ((TLS)) && echo true || echo false)" "$UPSTREAM" "$PGCLOAK_THREADS"
+  printf '  "runs": [\n'
+  awk -F'\t' '{printf "%s    {\"round\": %s, \"mode\": \"%s\", \"target\": \"%s\", \"tps\": %s, \"latency_ms\": %s, \"failed_transactions\": %s, \"ok\": %s}", (NR > 1 ? ",\n" : ""), $1, $2, $3, $4, $5, $6, ($7 == 1 ? "true" : "false")} END {print ""}' "$RUNS_TSV"
+  printf '  ],\n'
+  printf '  "summary": [\n'
+  awk -F'\t' '{printf "%s    {\"mode\": \"%s\", \"target\": \"%s\", \"tps_median\": %s, \"latency_ms_median\": %s, \"ratio_to_direct\": %s}", (NR > 1 ? ",\n" : ""), $1, $2, $3, $4, $5} END {print ""}' "$SUMMARY_TSV"
+  printf '  ]\n'
+  printf '}\n'
+} >"$RESULTS_FILE"
+python3 -m json.tool "$RESULTS_FILE" >/dev/null || die "wrote invalid JSON to $RESULTS_FILE"
+echo
+echo "results: $RESULTS_FILE"
+
+if ((ANY_FAILED)); then
+  log "some runs failed; logs are in $WORK (kept)"
+  BENCH_KEEP=1
+  exit 1
+fi
