@@ -84,7 +84,8 @@ Session::Session(ServerState& server, std::unique_ptr<Stream> client, uint64_t i
       client_scanner_(config_->limits.max_message_size),
       server_scanner_(config_->limits.max_message_size),
       last_activity_(std::chrono::steady_clock::now()),
-      idle_timer_(executor_) {
+      idle_timer_(executor_),
+      reader_done_event_(executor_) {
   identity_.client_address = client_->peer_address();
 }
 
@@ -96,6 +97,9 @@ Session::~Session() {
 awaitable<void> Session::run(std::shared_ptr<Session> self) {
   try {
     co_await self->main();
+    // Outside relaying nothing else reads the client, so a TLS close can
+    // be done in place (relaying does its own in the writer).
+    if (self->phase_ != Phase::ready && self->phase_ != Phase::closing) co_await self->close_client_gracefully();
   } catch (const std::exception& e) {
     log::error(std::string("session ended by an internal error: ") + e.what(), self->id_);
   }
@@ -213,11 +217,18 @@ awaitable<bool> Session::negotiate_startup() {
 
   // tls.require guards the network. A Unix socket never leaves the host, and
   // PostgreSQL itself offers no TLS there, so local clients are exempt.
-  if (config_->tls.require && !identity_.tls && !client_->is_unix()) {
+  // A configured client CA means every network client must prove itself
+  // with a certificate, which only TLS can carry: plaintext would bypass it.
+  const bool mtls = !config_->tls.client_ca_file.empty();
+  if ((config_->tls.require || mtls) && !identity_.tls && !client_->is_unix()) {
     co_await send_error(Error::make(
         sqlstate::invalid_authorization_specification,
-        "pgcloak accepts only TLS-encrypted connections", Severity::fatal,
-        "Connect with sslmode=require (or verify-full with pgcloak's CA certificate)."));
+        mtls ? "pgcloak accepts only TLS connections with a client certificate"
+             : "pgcloak accepts only TLS-encrypted connections",
+        Severity::fatal,
+        mtls ? "Connect with sslmode=require and sslcert/sslkey set to a certificate signed by pgcloak's "
+               "client CA."
+             : "Connect with sslmode=require (or verify-full with pgcloak's CA certificate)."));
     co_return false;
   }
 
@@ -683,6 +694,8 @@ awaitable<void> Session::pump_client_to_server() {
   // Ending the upstream side makes the server pump finish, which in turn
   // lets the writer flush what is queued and close the client.
   if (upstream_) upstream_->close();
+  reader_done_ = true;
+  reader_done_event_.cancel();
 }
 
 awaitable<void> Session::pump_server_to_client() {
@@ -762,14 +775,40 @@ awaitable<void> Session::pump_server_to_client() {
 }
 
 awaitable<void> Session::client_writer() {
+  bool end_of_stream = false;
   for (;;) {
     auto [ec, chunk] = co_await to_client_->async_receive(use_nothrow);
-    if (ec || chunk.empty()) break;
+    if (ec) break;
+    if (chunk.empty()) {
+      end_of_stream = true;
+      break;
+    }
     auto [wec, n] = co_await client_->write(asio::buffer(chunk));
     recycle(std::move(chunk));
     if (wec) break;
   }
+  if (end_of_stream && client_->is_tls()) {
+    // The reader still has a TLS read pending; a shutdown must not run
+    // beside it. Abort that read, wait for the reader to leave, then close.
+    closing_ = true;
+    client_->cancel();
+    while (!reader_done_) {
+      reader_done_event_.expires_after(std::chrono::seconds(5));
+      auto [wec] = co_await reader_done_event_.async_wait(use_nothrow);
+      if (!wec) break;  // timed out: give up on a clean close
+    }
+    if (reader_done_) co_await close_client_gracefully();
+  }
   close_all();
+}
+
+awaitable<void> Session::close_client_gracefully() {
+  if (!client_->is_tls() || !client_->is_open()) co_return;
+  // PostgreSQL ends TLS with close_notify, so clients tell a deliberate
+  // close from a truncated stream; do the same, bounded in time.
+  Deadline deadline(executor_);
+  deadline.arm(std::chrono::seconds(2), [this] { client_->close(); });
+  co_await client_->tls_shutdown();
 }
 
 awaitable<void> Session::idle_watchdog() {

@@ -103,6 +103,7 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<void> client_writer();
   awaitable<void> idle_watchdog();
   awaitable<void> terminate_with(Error reason);
+  awaitable<void> close_client_gracefully();
 
   // Reads until `in` holds one whole frame (startup-style when `startup`).
   awaitable<protocol::FrameResult> read_frame(Stream& stream, Inbound& in, bool startup,
@@ -159,6 +160,8 @@ class Session : public std::enable_shared_from_this<Session> {
   bool terminating_ = false;
   std::chrono::steady_clock::time_point last_activity_;
   asio::steady_timer idle_timer_;
+  bool reader_done_ = false;  // the client-to-server pump has returned
+  asio::steady_timer reader_done_event_;
 };
 
 }  // namespace pgcloak::proxy

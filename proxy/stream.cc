@@ -97,6 +97,15 @@ void Stream::close() {
       socket_);
 }
 
+void Stream::cancel() {
+  std::visit(
+      [](auto& s) {
+        error_code ec;
+        s.cancel(ec);
+      },
+      socket_);
+}
+
 bool Stream::is_open() const {
   return std::visit([](const auto& s) { return s.is_open(); }, socket_);
 }

@@ -48,6 +48,8 @@ class Stream {
 
   // Aborts pending operations; safe to call more than once.
   void close();
+  // Aborts pending operations but keeps the connection open.
+  void cancel();
   bool is_open() const;
   void set_nodelay();
 

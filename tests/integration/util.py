@@ -1,0 +1,89 @@
+"""Small helpers shared by the integration tests: ports, bounded waits,
+subprocesses, running as the postgres OS user."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import socket
+import subprocess
+import time
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+IS_ROOT = os.geteuid() == 0
+PGBIN = os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin")
+
+
+def pg_tool(name: str) -> str:
+    return os.path.join(PGBIN, name)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def closed_port() -> int:
+    """A port nothing listens on: connecting to it is refused."""
+    return free_port()
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(pred: Callable[[], T], timeout: float, interval: float = 0.05, what: str = "condition") -> T:
+    """Polls pred until it returns something truthy; bounded by timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def as_postgres(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: go through runuser when root."""
+    if IS_ROOT:
+        return ["runuser", "-u", "postgres", "--"] + cmd
+    return cmd
+
+
+def chown_postgres(path: str) -> None:
+    if IS_ROOT:
+        pw = pwd.getpwnam("postgres")
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def run(cmd: list[str], timeout: float = 60, check: bool = False, env: dict | None = None,
+        input: bytes | str | None = None, text: bool = True, cwd: str | None = None) -> subprocess.CompletedProcess:
+    """subprocess.run with a timeout, captured output, and a readable error."""
+    if isinstance(input, str) and not text:
+        input = input.encode()
+    p = subprocess.run(cmd, capture_output=True, timeout=timeout, env=env, input=input, text=text, cwd=cwd)
+    if check and p.returncode != 0:
+        raise AssertionError(
+            f"command failed ({p.returncode}): {' '.join(cmd)}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+    return p
+
+
+def read_rss_kib(pid: int) -> int | None:
+    """VmRSS of a process in KiB, None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
