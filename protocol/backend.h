@@ -100,12 +100,12 @@ struct ParameterDescription {
 
 struct FieldDescription {
   std::string name;
-  uint32_t table_oid = 0;       // 0 when not a plain column reference
-  int16_t column_attnum = 0;    // 0 when not a plain column reference
+  uint32_t table_oid = 0;     // 0 when not a plain column reference
+  int16_t column_attnum = 0;  // 0 when not a plain column reference
   uint32_t type_oid = 0;
-  int16_t type_size = 0;        // negative = variable width
+  int16_t type_size = 0;  // negative = variable width
   int32_t type_modifier = -1;
-  int16_t format = 0;           // 0 text, 1 binary
+  int16_t format = 0;  // 0 text, 1 binary
 };
 
 struct RowDescription {
@@ -210,12 +210,11 @@ struct NegotiateProtocolVersion {
 
 // CopyData and CopyDone are the frontend structs (same layout both ways).
 using BackendMessage =
-    std::variant<Authentication, BackendKeyData, ParameterStatus, ReadyForQuery, ParseComplete,
-                 BindComplete, CloseComplete, NoData, PortalSuspended, EmptyQueryResponse,
-                 ParameterDescription, RowDescription, DataRow, CommandComplete, ErrorResponse,
-                 NoticeResponse, NotificationResponse, CopyInResponse, CopyOutResponse,
-                 CopyBothResponse, CopyData, CopyDone, FunctionCallResponse,
-                 NegotiateProtocolVersion>;
+    std::variant<Authentication, BackendKeyData, ParameterStatus, ReadyForQuery, ParseComplete, BindComplete,
+                 CloseComplete, NoData, PortalSuspended, EmptyQueryResponse, ParameterDescription,
+                 RowDescription, DataRow, CommandComplete, ErrorResponse, NoticeResponse,
+                 NotificationResponse, CopyInResponse, CopyOutResponse, CopyBothResponse, CopyData, CopyDone,
+                 FunctionCallResponse, NegotiateProtocolVersion>;
 
 // Decodes a frame from decode_frame() by its type byte; unknown type = 08P01.
 Result<BackendMessage> decode_backend(const Frame& frame);

@@ -62,12 +62,13 @@ class FieldReader {
   }
 
   // An Int16 count of items that each take at least min_item_size bytes.
-  // Negative counts are malformed; a count that cannot fit in what is left
-  // of the body is rejected before any item is read.
+  // PostgreSQL reads these counts unsigned (pq_getmsgint(msg, 2)), so a Bind
+  // may carry up to 65535 parameters; we do the same. A count that cannot fit
+  // in what is left of the body is rejected before any item is read.
   bool count16(size_t& out, size_t min_item_size, std::string_view field) {
     int16_t n = 0;
     if (!i16(n, field)) return false;
-    return check_count(n, min_item_size, field, out);
+    return check_count(static_cast<uint16_t>(n), min_item_size, field, out);
   }
   // Same for the Int32 counts (NegotiateProtocolVersion).
   bool count32(size_t& out, size_t min_item_size, std::string_view field) {

@@ -36,7 +36,7 @@ struct Parse {
 struct Bind {
   std::string portal;
   std::string statement;
-  std::vector<int16_t> parameter_formats;  // 0 text, 1 binary
+  std::vector<int16_t> parameter_formats;        // 0 text, 1 binary
   std::vector<std::optional<Bytes>> parameters;  // nullopt = NULL
   std::vector<int16_t> result_formats;
   static Result<Bind> decode(Bytes body);
@@ -129,8 +129,8 @@ struct SASLResponse {
 
 // Every frontend message whose type byte alone identifies it. 'p' messages
 // are decoded with their own decoders, see above.
-using FrontendMessage = std::variant<Query, Parse, Bind, Describe, Execute, Sync, Flush, Close,
-                                     Terminate, CopyData, CopyDone, CopyFail, FunctionCall>;
+using FrontendMessage = std::variant<Query, Parse, Bind, Describe, Execute, Sync, Flush, Close, Terminate,
+                                     CopyData, CopyDone, CopyFail, FunctionCall>;
 
 // Decodes a frame from decode_frame() by its type byte. An unknown type or a
 // 'p' message is an 08P01 error.

@@ -100,14 +100,18 @@ Result<SSLRequest> SSLRequest::decode(Bytes body) {
   if (!s) return std::move(s).error();
   return SSLRequest{};
 }
-void SSLRequest::encode(Buffer& out) const { encode_code_only(out, ssl_request_code); }
+void SSLRequest::encode(Buffer& out) const {
+  encode_code_only(out, ssl_request_code);
+}
 
 Result<GSSENCRequest> GSSENCRequest::decode(Bytes body) {
   auto s = expect_code_only(body, gssenc_request_code, "GSSENCRequest");
   if (!s) return std::move(s).error();
   return GSSENCRequest{};
 }
-void GSSENCRequest::encode(Buffer& out) const { encode_code_only(out, gssenc_request_code); }
+void GSSENCRequest::encode(Buffer& out) const {
+  encode_code_only(out, gssenc_request_code);
+}
 
 Result<CancelRequest> CancelRequest::decode(Bytes body) {
   Reader r(body);

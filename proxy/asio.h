@@ -11,8 +11,8 @@ namespace pgcloak {
 
 namespace asio = boost::asio;
 namespace ssl = boost::asio::ssl;
-using boost::system::error_code;
 using asio::awaitable;
+using boost::system::error_code;
 using tcp = asio::ip::tcp;
 using unix_stream = asio::local::stream_protocol;
 

@@ -23,9 +23,13 @@ std::string_view level_name(rules::LogLevel l) {
 }
 }  // namespace
 
-void set_level(rules::LogLevel level) { g_level.store(static_cast<int>(level)); }
+void set_level(rules::LogLevel level) {
+  g_level.store(static_cast<int>(level));
+}
 
-bool enabled(rules::LogLevel level) { return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed); }
+bool enabled(rules::LogLevel level) {
+  return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed);
+}
 
 void write(rules::LogLevel level, uint64_t session_id, std::string_view message) {
   if (!enabled(level)) return;
@@ -36,8 +40,8 @@ void write(rules::LogLevel level, uint64_t session_id, std::string_view message)
   std::tm tm{};
   gmtime_r(&t, &tm);
   char ts[80];
-  std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+  (void)std::snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                      tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
   std::string line;
   line.reserve(message.size() + 64);
   line += ts;

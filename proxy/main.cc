@@ -16,31 +16,31 @@
 namespace {
 
 void usage(std::FILE* to) {
-  std::fprintf(to,
-               "Usage: pgcloak --config FILE        run the gateway in the foreground\n"
-               "       pgcloak --check-config FILE  validate FILE and report every problem by line\n"
-               "       pgcloak --version            print the version\n");
+  (void)std::fprintf(to,
+                     "Usage: pgcloak --config FILE        run the gateway in the foreground\n"
+                     "       pgcloak --check-config FILE  validate FILE and report every problem by line\n"
+                     "       pgcloak --version            print the version\n");
 }
 
 int check_config(const std::string& path) {
   auto load = pgcloak::rules::load_config_file(path);
   if (!load.ok()) {
-    std::fputs(load.format(path).c_str(), stderr);
+    (void)std::fputs(load.format(path).c_str(), stderr);
     return 1;
   }
-  std::printf("%s: OK\n", path.c_str());
+  (void)std::printf("%s: OK\n", path.c_str());
   return 0;
 }
 
 int run(const std::string& path) {
   auto load = pgcloak::rules::load_config_file(path);
   if (!load.ok()) {
-    std::fputs(load.format(path).c_str(), stderr);
+    (void)std::fputs(load.format(path).c_str(), stderr);
     return 1;
   }
   pgcloak::log::set_level(load.config.log.level);
   // Writes to a closed socket must be an error code, not a signal.
-  std::signal(SIGPIPE, SIG_IGN);
+  (void)std::signal(SIGPIPE, SIG_IGN);
   pgcloak::log::info(std::string("pgcloak ") + PGCLOAK_VERSION + " starting with " + path);
   pgcloak::proxy::Server server(std::move(load.config));
   if (auto st = server.start(); !st) {
@@ -54,7 +54,7 @@ int run(const std::string& path) {
 
 int main(int argc, char** argv) {
   if (argc == 2 && (std::strcmp(argv[1], "--version") == 0 || std::strcmp(argv[1], "-V") == 0)) {
-    std::printf("pgcloak %s\n", PGCLOAK_VERSION);
+    (void)std::printf("pgcloak %s\n", PGCLOAK_VERSION);
     return 0;
   }
   if (argc == 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {

@@ -122,7 +122,8 @@ Status Server::start() {
   signals_ = std::make_unique<asio::signal_set>(main_ctx, SIGTERM, SIGINT, SIGHUP);
   log::info("upstream PostgreSQL at " + cfg.upstream.describe() + " (sslmode " +
             std::string(rules::to_string(cfg.upstream.sslmode)) + "); " + std::to_string(threads) +
-            " io threads; client TLS " + (cfg.tls.enabled() ? (cfg.tls.require ? "required" : "optional") : "off"));
+            " io threads; client TLS " +
+            (cfg.tls.enabled() ? (cfg.tls.require ? "required" : "optional") : "off"));
   return ok_status();
 }
 
@@ -210,7 +211,9 @@ awaitable<void> Server::handle_signals() {
     auto [ec, signo] = co_await signals_->async_wait(use_nothrow);
     if (ec) co_return;
     if (signo == SIGHUP) {
-      log::info("SIGHUP received: live configuration reload is not supported yet; restart pgcloak to apply changes");
+      log::info(
+          "SIGHUP received: live configuration reload is not supported yet; restart pgcloak to apply "
+          "changes");
       continue;
     }
     log::info(std::string("received ") + (signo == SIGTERM ? "SIGTERM" : "SIGINT") + ", shutting down");
@@ -249,8 +252,8 @@ awaitable<void> Server::shutdown() {
     log::warn("grace period over; terminating " + std::to_string(left) + " sessions");
     for (auto& s : state_.sessions.snapshot()) {
       asio::post(s->executor(), [s] {
-        s->terminate(Error::make(sqlstate::admin_shutdown, "terminating connection due to administrator command",
-                                 Severity::fatal));
+        s->terminate(Error::make(sqlstate::admin_shutdown,
+                                 "terminating connection due to administrator command", Severity::fatal));
       });
     }
     const auto hard = std::chrono::steady_clock::now() + std::chrono::seconds(5);

@@ -15,8 +15,8 @@ namespace {
 
 namespace fe = protocol::fe;
 namespace be = protocol::be;
-using protocol::Bytes;
 using protocol::Buffer;
+using protocol::Bytes;
 
 // Relay chunk size: large enough that a bulk result moves in few syscalls,
 // small enough that a few per session keep memory flat.
@@ -36,17 +36,33 @@ constexpr auto make_type_table(std::initializer_list<uint8_t> types) {
 // Message types a client may send once authenticated (protocol docs,
 // "Message Formats"). Anything else is refused: pgcloak never forwards a
 // message it cannot classify.
-constexpr auto frontend_types = make_type_table({fe::bind, fe::close, fe::copy_data, fe::copy_done,
-                                                 fe::copy_fail, fe::describe, fe::execute, fe::flush,
-                                                 fe::function_call, fe::parse, fe::query, fe::sync,
-                                                 fe::terminate});
-constexpr auto backend_types = make_type_table(
-    {be::authentication, be::backend_key_data, be::bind_complete, be::close_complete, be::command_complete,
-     be::copy_data, be::copy_done, be::copy_in_response, be::copy_out_response, be::copy_both_response,
-     be::data_row, be::empty_query_response, be::error_response, be::function_call_response,
-     be::negotiate_protocol_version, be::no_data, be::notice_response, be::notification_response,
-     be::parameter_description, be::parameter_status, be::parse_complete, be::portal_suspended,
-     be::ready_for_query, be::row_description});
+constexpr auto frontend_types = make_type_table(
+    {fe::bind, fe::close, fe::copy_data, fe::copy_done, fe::copy_fail, fe::describe, fe::execute, fe::flush,
+     fe::function_call, fe::parse, fe::query, fe::sync, fe::terminate});
+constexpr auto backend_types = make_type_table({be::authentication,
+                                                be::backend_key_data,
+                                                be::bind_complete,
+                                                be::close_complete,
+                                                be::command_complete,
+                                                be::copy_data,
+                                                be::copy_done,
+                                                be::copy_in_response,
+                                                be::copy_out_response,
+                                                be::copy_both_response,
+                                                be::data_row,
+                                                be::empty_query_response,
+                                                be::error_response,
+                                                be::function_call_response,
+                                                be::negotiate_protocol_version,
+                                                be::no_data,
+                                                be::notice_response,
+                                                be::notification_response,
+                                                be::parameter_description,
+                                                be::parameter_status,
+                                                be::parse_complete,
+                                                be::portal_suspended,
+                                                be::ready_for_query,
+                                                be::row_description});
 
 Buffer encode_error(const Error& e) {
   Buffer out;
@@ -99,7 +115,8 @@ awaitable<void> Session::run(std::shared_ptr<Session> self) {
     co_await self->main();
     // Outside relaying nothing else reads the client, so a TLS close can
     // be done in place (relaying does its own in the writer).
-    if (self->phase_ != Phase::ready && self->phase_ != Phase::closing) co_await self->close_client_gracefully();
+    if (self->phase_ != Phase::ready && self->phase_ != Phase::closing)
+      co_await self->close_client_gracefully();
   } catch (const std::exception& e) {
     log::error(std::string("session ended by an internal error: ") + e.what(), self->id_);
   }
@@ -130,7 +147,8 @@ awaitable<protocol::FrameResult> Session::read_frame(Stream& stream, Inbound& in
     if (r.status != protocol::FrameStatus::need_more) co_return r;
     if (&stream == client_.get() && !co_await flush_client()) {
       co_return protocol::FrameResult{
-          protocol::FrameStatus::error, {},
+          protocol::FrameStatus::error,
+          {},
           Error::make(sqlstate::connection_failure, "client went away", Severity::fatal)};
     }
     if (in.begin > 0 && in.begin == in.data.size()) in.consume(0);
@@ -140,7 +158,8 @@ awaitable<protocol::FrameResult> Session::read_frame(Stream& stream, Inbound& in
     in.data.resize(have + n);
     if (ec) {
       co_return protocol::FrameResult{
-          protocol::FrameStatus::error, {},
+          protocol::FrameStatus::error,
+          {},
           Error::make(sqlstate::connection_failure, "connection closed: " + ec.message(), Severity::fatal)};
     }
   }
@@ -177,7 +196,9 @@ awaitable<bool> Session::negotiate_startup() {
       if (!client_in_.view().empty()) {
         Error e = Error::protocol(std::string("received unencrypted data after ") +
                                   (is_ssl ? "SSL request" : "GSSAPI encryption request"));
-        e.detail = "This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.";
+        e.detail =
+            "This could be either a client-software bug or evidence of an attempted man-in-the-middle "
+            "attack.";
         log::warn(e.message + " from " + identity_.client_address, id_);
         co_await send_error(e);
         co_return false;
@@ -261,9 +282,9 @@ awaitable<bool> Session::negotiate_startup() {
   }
   if (const std::string* repl = startup_.find("replication"); repl != nullptr && truthy_replication(*repl)) {
     // Replication streams whole tables past any statement-level policy.
-    co_await send_error(Error::make(sqlstate::feature_not_supported,
-                                    "replication connections are not allowed through pgcloak", Severity::fatal,
-                                    "Connect replication clients to PostgreSQL directly from a trusted host."));
+    co_await send_error(Error::make(
+        sqlstate::feature_not_supported, "replication connections are not allowed through pgcloak",
+        Severity::fatal, "Connect replication clients to PostgreSQL directly from a trusted host."));
     co_return false;
   }
   identity_.user = *user;
@@ -333,7 +354,8 @@ awaitable<bool> Session::connect_and_authenticate() {
   const uint32_t max_len = config_->limits.max_message_size;
   auto lost_upstream = [&]() -> awaitable<bool> {
     co_await send_error(Error::make(sqlstate::connection_failure,
-                                    "lost the connection to PostgreSQL during authentication", Severity::fatal));
+                                    "lost the connection to PostgreSQL during authentication",
+                                    Severity::fatal));
     co_return false;
   };
   // Relays one client 'p' message after an authentication request.
@@ -358,10 +380,10 @@ awaitable<bool> Session::connect_and_authenticate() {
         co_return false;
       }
       if (init->mechanism != "SCRAM-SHA-256") {
-        co_await send_error(Error::make(sqlstate::protocol_violation,
-                                        "client selected SASL mechanism \"" + init->mechanism +
-                                            "\", which pgcloak did not offer",
-                                        Severity::fatal));
+        co_await send_error(Error::make(
+            sqlstate::protocol_violation,
+            "client selected SASL mechanism \"" + init->mechanism + "\", which pgcloak did not offer",
+            Severity::fatal));
         co_return false;
       }
       // A libpq client with TLS and channel_binding=prefer says "y": it
@@ -413,10 +435,11 @@ awaitable<bool> Session::connect_and_authenticate() {
               // pgcloak relays authentication; a trust rule in PostgreSQL's
               // pg_hba.conf for pgcloak's address therefore opens the door to
               // every network client of pgcloak. Make that visible.
-              log::warn("PostgreSQL let user \"" + identity_.user + "\" in without a password (trust); " +
-                            "every client that reaches pgcloak gets the same. Use scram-sha-256 in pg_hba.conf " +
-                            "for pgcloak's address.",
-                        id_);
+              log::warn(
+                  "PostgreSQL let user \"" + identity_.user + "\" in without a password (trust); " +
+                      "every client that reaches pgcloak gets the same. Use scram-sha-256 in pg_hba.conf " +
+                      "for pgcloak's address.",
+                  id_);
             }
             queue_to_client(upstream_in_.view().first(size));
             upstream_in_.consume(size);
@@ -438,10 +461,10 @@ awaitable<bool> Session::connect_and_authenticate() {
             std::erase(offer.mechanisms, std::string("SCRAM-SHA-256-PLUS"));
             if (std::find(offer.mechanisms.begin(), offer.mechanisms.end(), "SCRAM-SHA-256") ==
                 offer.mechanisms.end()) {
-              co_await send_error(Error::make(
-                  sqlstate::feature_not_supported,
-                  "PostgreSQL offered no SASL mechanism that can pass through pgcloak", Severity::fatal,
-                  "pgcloak relays SCRAM-SHA-256 without channel binding."));
+              co_await send_error(
+                  Error::make(sqlstate::feature_not_supported,
+                              "PostgreSQL offered no SASL mechanism that can pass through pgcloak",
+                              Severity::fatal, "pgcloak relays SCRAM-SHA-256 without channel binding."));
               co_return false;
             }
             upstream_in_.consume(size);
@@ -456,11 +479,12 @@ awaitable<bool> Session::connect_and_authenticate() {
             upstream_in_.consume(size);
             break;
           default:
-            co_await send_error(Error::make(sqlstate::feature_not_supported,
-                                            "PostgreSQL asked for an authentication method (code " +
-                                                std::to_string(static_cast<int>(code)) +
-                                                ") that pgcloak cannot relay; use scram-sha-256, md5 or password",
-                                            Severity::fatal));
+            co_await send_error(
+                Error::make(sqlstate::feature_not_supported,
+                            "PostgreSQL asked for an authentication method (code " +
+                                std::to_string(static_cast<int>(code)) +
+                                ") that pgcloak cannot relay; use scram-sha-256, md5 or password",
+                            Severity::fatal));
             co_return false;
         }
         break;
@@ -471,7 +495,9 @@ awaitable<bool> Session::connect_and_authenticate() {
         queue_to_client(upstream_in_.view().first(size));
         upstream_in_.consume(size);
         co_await flush_client();
-        log::info("authentication failed for user \"" + identity_.user + "\" from " + identity_.client_address, id_);
+        log::info(
+            "authentication failed for user \"" + identity_.user + "\" from " + identity_.client_address,
+            id_);
         co_return false;
       case be::notice_response:
       case be::negotiate_protocol_version:
@@ -520,9 +546,7 @@ awaitable<bool> Session::connect_and_authenticate() {
         queue_to_client(b);
         break;
       }
-      case be::notice_response:
-        queue_to_client(upstream_in_.view().first(size));
-        break;
+      case be::notice_response: queue_to_client(upstream_in_.view().first(size)); break;
       case be::error_response:
         queue_to_client(upstream_in_.view().first(size));
         co_await flush_client();
@@ -542,8 +566,8 @@ awaitable<bool> Session::connect_and_authenticate() {
           identity_.application_name = it->second;
         }
         log::info("session ready: user=" + identity_.user + " database=" + identity_.database +
-                      " application_name=\"" + identity_.application_name + "\" client=" +
-                      identity_.client_address +
+                      " application_name=\"" + identity_.application_name +
+                      "\" client=" + identity_.client_address +
                       (identity_.tls ? " tls=" + identity_.tls_info.version + "/" + identity_.tls_info.cipher
                                      : std::string(" tls=off")) +
                       (identity_.tls_info.client_cert_subject.empty()
@@ -718,9 +742,10 @@ awaitable<void> Session::pump_server_to_client() {
                                   Severity::fatal);
         } else if ((!server_at_ready_ || pending_ready_ > 0) && last_server_type_ != be::error_response) {
           violated = true;
-          violation = Error::make(sqlstate::connection_failure,
-                                  "the connection to PostgreSQL was lost while a statement was running",
-                                  Severity::fatal, "Retry the statement; if it keeps failing, check the PostgreSQL server log.");
+          violation = Error::make(
+              sqlstate::connection_failure,
+              "the connection to PostgreSQL was lost while a statement was running", Severity::fatal,
+              "Retry the statement; if it keeps failing, check the PostgreSQL server log.");
         }
       }
       break;
@@ -818,10 +843,11 @@ awaitable<void> Session::idle_watchdog() {
     const auto now = std::chrono::steady_clock::now();
     if (now - last_activity_ >= limit) {
       if (idle()) {
-        co_await terminate_with(Error::make(
-            sqlstate::idle_session_timeout, "terminating connection due to client idle timeout", Severity::fatal,
-            "pgcloak closes sessions idle for longer than timeouts.client_idle (" +
-                std::to_string(limit.count()) + " ms)."));
+        co_await terminate_with(
+            Error::make(sqlstate::idle_session_timeout, "terminating connection due to client idle timeout",
+                        Severity::fatal,
+                        "pgcloak closes sessions idle for longer than timeouts.client_idle (" +
+                            std::to_string(limit.count()) + " ms)."));
         co_return;
       }
       // Busy: a statement is running, which is not idleness. Look again later.

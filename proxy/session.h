@@ -47,7 +47,7 @@ enum class Phase { startup, tls, auth, ready, closing };
 template <class T>
 struct DefaultInitAllocator : std::allocator<T> {
   template <class U>
-  struct rebind {
+  struct rebind {  // NOLINT(readability-identifier-naming): allocator requirement
     using other = DefaultInitAllocator<U>;
   };
   using std::allocator<T>::allocator;
@@ -106,8 +106,7 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<void> close_client_gracefully();
 
   // Reads until `in` holds one whole frame (startup-style when `startup`).
-  awaitable<protocol::FrameResult> read_frame(Stream& stream, Inbound& in, bool startup,
-                                              uint32_t max_length);
+  awaitable<protocol::FrameResult> read_frame(Stream& stream, Inbound& in, bool startup, uint32_t max_length);
   // The one way an error reaches the client: queued behind relayed output
   // while relaying, written directly before that.
   awaitable<void> send_error(const Error& error);

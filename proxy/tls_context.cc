@@ -15,8 +15,8 @@ void harden(ssl::context& ctx, int min_version) {
   // TLS 1.2 is the floor (issue 2); compression off (CRIME) and no
   // renegotiation, which PostgreSQL itself disables as well.
   SSL_CTX_set_min_proto_version(ctx.native_handle(), min_version);
-  SSL_CTX_set_options(ctx.native_handle(), SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                                               SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_options(ctx.native_handle(),
+                      SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
 }
 
 }  // namespace

@@ -8,11 +8,12 @@ namespace pgcloak::proxy {
 namespace {
 
 Error connect_error(const rules::UpstreamConfig& config, const std::string& what) {
-  return Error::make(sqlstate::connection_failure,
-                     "pgcloak could not connect to the PostgreSQL server at " + config.describe() + ": " + what,
-                     Severity::fatal,
-                     "Check that PostgreSQL is running there and that upstream.host, upstream.port and "
-                     "upstream.sslmode in pgcloak's configuration are right.");
+  return Error::make(
+      sqlstate::connection_failure,
+      "pgcloak could not connect to the PostgreSQL server at " + config.describe() + ": " + what,
+      Severity::fatal,
+      "Check that PostgreSQL is running there and that upstream.host, upstream.port and "
+      "upstream.sslmode in pgcloak's configuration are right.");
 }
 
 std::string seconds(rules::Duration d) {
@@ -35,7 +36,8 @@ awaitable<Result<std::unique_ptr<Stream>>> connect_upstream(const rules::Upstrea
       sock.close(ignored);
     });
     auto [ec] = co_await sock.async_connect(unix_stream::endpoint(config.unix_socket_path()), use_nothrow);
-    if (deadline.expired()) co_return connect_error(config, "timed out after " + seconds(config.connect_timeout));
+    if (deadline.expired())
+      co_return connect_error(config, "timed out after " + seconds(config.connect_timeout));
     if (ec) co_return connect_error(config, ec.message());
     deadline.disarm();
     // PostgreSQL never offers TLS on Unix sockets; libpq skips SSLRequest there.
@@ -54,7 +56,8 @@ awaitable<Result<std::unique_ptr<Stream>>> connect_upstream(const rules::Upstrea
   if (!ec) {
     std::tie(ec) = co_await sock.async_connect(tcp::endpoint(address, config.port), use_nothrow);
   } else {
-    auto [rec, results] = co_await resolver.async_resolve(config.host, std::to_string(config.port), use_nothrow);
+    auto [rec, results] =
+        co_await resolver.async_resolve(config.host, std::to_string(config.port), use_nothrow);
     if (rec) {
       if (deadline.expired()) co_return connect_error(config, "timed out resolving the host name");
       co_return connect_error(config, "cannot resolve host name: " + rec.message());
@@ -62,7 +65,8 @@ awaitable<Result<std::unique_ptr<Stream>>> connect_upstream(const rules::Upstrea
     tcp::endpoint ep;
     std::tie(ec, ep) = co_await asio::async_connect(sock, results, use_nothrow);
   }
-  if (deadline.expired()) co_return connect_error(config, "timed out after " + seconds(config.connect_timeout));
+  if (deadline.expired())
+    co_return connect_error(config, "timed out after " + seconds(config.connect_timeout));
   if (ec) co_return connect_error(config, ec.message());
 
   stream = std::make_unique<Stream>(std::move(sock));
@@ -87,8 +91,7 @@ awaitable<Result<std::unique_ptr<Stream>>> connect_upstream(const rules::Upstrea
       asio::ip::make_address(config.host, not_ip);
       const bool is_ip = !not_ip;  // SNI carries host names only (RFC 6066, section 3)
       const std::string sni = is_ip ? std::string() : config.host;
-      const std::string verify =
-          config.sslmode == rules::SslMode::verify_full ? config.host : std::string();
+      const std::string verify = config.sslmode == rules::SslMode::verify_full ? config.host : std::string();
       auto hec = co_await stream->tls_connect(*tls, sni, verify);
       if (deadline.expired()) co_return connect_error(config, "timed out during the TLS handshake");
       if (hec) co_return connect_error(config, "TLS handshake failed: " + hec.message());

@@ -36,8 +36,8 @@ std::string UpstreamConfig::describe() const {
 std::string ConfigLoad::format(std::string_view source) const {
   std::string out;
   for (const auto& i : issues) {
-    out += std::string(source) + ":" + std::to_string(i.line) + ":" + std::to_string(i.column) +
-           ": " + i.message + "\n";
+    out += std::string(source) + ":" + std::to_string(i.line) + ":" + std::to_string(i.column) + ": " +
+           i.message + "\n";
   }
   return out;
 }
@@ -50,12 +50,12 @@ Result<Duration> parse_duration(std::string_view text) {
                        "invalid duration \"" + std::string(text) + "\": use e.g. 500ms, 10s, 5m, 1h");
   }
   std::string_view unit(ptr, text.data() + text.size() - ptr);
-  static const std::map<std::string_view, uint64_t> units{
-      {"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"min", 60000}, {"h", 3600000}};
+  static const std::map<std::string_view, uint64_t> units{{"", 1},      {"ms", 1},      {"s", 1000},
+                                                          {"m", 60000}, {"min", 60000}, {"h", 3600000}};
   auto it = units.find(unit);
   if (it == units.end()) {
-    return Error::make(sqlstate::config_file_error, "invalid duration unit \"" + std::string(unit) +
-                                                        "\": use ms, s, m or h");
+    return Error::make(sqlstate::config_file_error,
+                       "invalid duration unit \"" + std::string(unit) + "\": use ms, s, m or h");
   }
   if (n > (uint64_t{1} << 40) / it->second) {
     return Error::make(sqlstate::config_file_error, "duration \"" + std::string(text) + "\" is too large");
@@ -71,9 +71,14 @@ Result<uint64_t> parse_size(std::string_view text) {
                        "invalid size \"" + std::string(text) + "\": use e.g. 65536, 64KiB, 16MiB, 1GiB");
   }
   std::string_view unit(ptr, text.data() + text.size() - ptr);
-  static const std::map<std::string_view, uint64_t> units{
-      {"", 1},        {"B", 1},         {"kB", 1ULL << 10}, {"KiB", 1ULL << 10},
-      {"MB", 1ULL << 20}, {"MiB", 1ULL << 20}, {"GB", 1ULL << 30}, {"GiB", 1ULL << 30}};
+  static const std::map<std::string_view, uint64_t> units{{"", 1},
+                                                          {"B", 1},
+                                                          {"kB", 1ULL << 10},
+                                                          {"KiB", 1ULL << 10},
+                                                          {"MB", 1ULL << 20},
+                                                          {"MiB", 1ULL << 20},
+                                                          {"GB", 1ULL << 30},
+                                                          {"GiB", 1ULL << 30}};
   auto it = units.find(unit);
   if (it == units.end()) {
     return Error::make(sqlstate::config_file_error,
@@ -118,7 +123,8 @@ class Walker {
       if (k == keys.end()) {
         std::string known;
         for (const auto& e : keys) known += (known.empty() ? "" : ", ") + std::string(e.first);
-        issue(it->first, "unknown key \"" + key + "\" in " + std::string(where) + " (known keys: " + known + ")");
+        issue(it->first,
+              "unknown key \"" + key + "\" in " + std::string(where) + " (known keys: " + known + ")");
         continue;
       }
       k->second(it->second);
@@ -257,92 +263,140 @@ ConfigLoad parse_config(std::string_view yaml_text) {
   YAML::Node tls_node;
   YAML::Node upstream_node;
   try {
-    w.mapping(root, "the top level", {
-      {"listen", [&](const YAML::Node& n) {
-        if (!n.IsSequence() || n.size() == 0) {
-          w.issue(n, "listen must be a non-empty list of \"host:port\" strings");
-          return;
-        }
-        c.listen.clear();
-        for (const auto& e : n) {
-          std::string s;
-          if (!w.scalar(e, "listen entry", s)) continue;
-          ListenAddress a;
-          std::string why;
-          if (!parse_listen(s, a, why)) {
-            w.issue(e, "listen entry \"" + s + "\": " + why);
-            continue;
-          }
-          c.listen.push_back(a);
-        }
-      }},
-      {"unix_socket_dir", [&](const YAML::Node& n) { w.string(n, "unix_socket_dir", c.unix_socket_dir); }},
-      {"threads", [&](const YAML::Node& n) { w.integer(n, "threads", c.threads, 0, 256); }},
-      {"max_connections", [&](const YAML::Node& n) { w.integer(n, "max_connections", c.max_connections, 1, 1000000); }},
-      {"tls", [&](const YAML::Node& n) {
-        tls_node = n;
-        w.mapping(n, "tls", {
-          {"cert_file", [&](const YAML::Node& v) { w.string(v, "tls.cert_file", c.tls.cert_file); }},
-          {"key_file", [&](const YAML::Node& v) { w.string(v, "tls.key_file", c.tls.key_file); }},
-          {"require", [&](const YAML::Node& v) { w.boolean(v, "tls.require", c.tls.require); }},
-          {"client_ca_file", [&](const YAML::Node& v) { w.string(v, "tls.client_ca_file", c.tls.client_ca_file); }},
-          {"min_version", [&](const YAML::Node& v) {
-            if (w.scalar(v, "tls.min_version", c.tls.min_version) && c.tls.min_version != "1.2" &&
-                c.tls.min_version != "1.3") {
-              w.issue(v, "tls.min_version must be \"1.2\" or \"1.3\"");
-            }
-          }},
+    w.mapping(
+        root, "the top level",
+        {
+            {"listen",
+             [&](const YAML::Node& n) {
+               if (!n.IsSequence() || n.size() == 0) {
+                 w.issue(n, "listen must be a non-empty list of \"host:port\" strings");
+                 return;
+               }
+               c.listen.clear();
+               for (const auto& e : n) {
+                 std::string s;
+                 if (!w.scalar(e, "listen entry", s)) continue;
+                 ListenAddress a;
+                 std::string why;
+                 if (!parse_listen(s, a, why)) {
+                   w.issue(e, "listen entry \"" + s + "\": " + why);
+                   continue;
+                 }
+                 c.listen.push_back(a);
+               }
+             }},
+            {"unix_socket_dir",
+             [&](const YAML::Node& n) { w.string(n, "unix_socket_dir", c.unix_socket_dir); }},
+            {"threads", [&](const YAML::Node& n) { w.integer(n, "threads", c.threads, 0, 256); }},
+            {"max_connections",
+             [&](const YAML::Node& n) { w.integer(n, "max_connections", c.max_connections, 1, 1000000); }},
+            {"tls",
+             [&](const YAML::Node& n) {
+               tls_node = n;
+               w.mapping(
+                   n, "tls",
+                   {
+                       {"cert_file",
+                        [&](const YAML::Node& v) { w.string(v, "tls.cert_file", c.tls.cert_file); }},
+                       {"key_file",
+                        [&](const YAML::Node& v) { w.string(v, "tls.key_file", c.tls.key_file); }},
+                       {"require", [&](const YAML::Node& v) { w.boolean(v, "tls.require", c.tls.require); }},
+                       {"client_ca_file",
+                        [&](const YAML::Node& v) {
+                          w.string(v, "tls.client_ca_file", c.tls.client_ca_file);
+                        }},
+                       {"min_version",
+                        [&](const YAML::Node& v) {
+                          if (w.scalar(v, "tls.min_version", c.tls.min_version) &&
+                              c.tls.min_version != "1.2" && c.tls.min_version != "1.3") {
+                            w.issue(v, "tls.min_version must be \"1.2\" or \"1.3\"");
+                          }
+                        }},
+                   });
+             }},
+            {"upstream",
+             [&](const YAML::Node& n) {
+               upstream_node = n;
+               w.mapping(
+                   n, "upstream",
+                   {
+                       {"host", [&](const YAML::Node& v) { w.string(v, "upstream.host", c.upstream.host); }},
+                       {"port",
+                        [&](const YAML::Node& v) {
+                          w.integer(v, "upstream.port", c.upstream.port, 1, 65535);
+                        }},
+                       {"sslmode",
+                        [&](const YAML::Node& v) {
+                          w.enumeration(v, "upstream.sslmode", c.upstream.sslmode,
+                                        {{"disable", SslMode::disable},
+                                         {"prefer", SslMode::prefer},
+                                         {"require", SslMode::require},
+                                         {"verify-full", SslMode::verify_full}});
+                        }},
+                       {"sslrootcert",
+                        [&](const YAML::Node& v) {
+                          w.string(v, "upstream.sslrootcert", c.upstream.sslrootcert);
+                        }},
+                       {"connect_timeout",
+                        [&](const YAML::Node& v) {
+                          w.duration(v, "upstream.connect_timeout", c.upstream.connect_timeout);
+                        }},
+                   });
+             }},
+            {"timeouts",
+             [&](const YAML::Node& n) {
+               w.mapping(n, "timeouts",
+                         {
+                             {"handshake",
+                              [&](const YAML::Node& v) {
+                                w.duration(v, "timeouts.handshake", c.timeouts.handshake);
+                              }},
+                             {"client_idle",
+                              [&](const YAML::Node& v) {
+                                w.duration(v, "timeouts.client_idle", c.timeouts.client_idle);
+                              }},
+                             {"shutdown_grace",
+                              [&](const YAML::Node& v) {
+                                w.duration(v, "timeouts.shutdown_grace", c.timeouts.shutdown_grace);
+                              }},
+                         });
+             }},
+            {"limits",
+             [&](const YAML::Node& n) {
+               w.mapping(n, "limits",
+                         {
+                             {"max_message_size",
+                              [&](const YAML::Node& v) {
+                                std::string s;
+                                if (!w.scalar(v, "limits.max_message_size", s)) return;
+                                auto size = parse_size(s);
+                                if (!size) {
+                                  w.issue(v, "limits.max_message_size: " + size.error().message);
+                                } else if (*size < 8192 || *size > (uint64_t{1} << 30)) {
+                                  w.issue(v, "limits.max_message_size must be between 8KiB and 1GiB");
+                                } else {
+                                  // 1GiB itself means PostgreSQL's own ceiling, which is one byte less.
+                                  c.limits.max_message_size = static_cast<uint32_t>(
+                                      std::min<uint64_t>(*size, protocol::default_max_message_length));
+                                }
+                              }},
+                         });
+             }},
+            {"log",
+             [&](const YAML::Node& n) {
+               w.mapping(n, "log",
+                         {
+                             {"level",
+                              [&](const YAML::Node& v) {
+                                w.enumeration(v, "log.level", c.log.level,
+                                              {{"debug", LogLevel::debug},
+                                               {"info", LogLevel::info},
+                                               {"warn", LogLevel::warn},
+                                               {"error", LogLevel::error}});
+                              }},
+                         });
+             }},
         });
-      }},
-      {"upstream", [&](const YAML::Node& n) {
-        upstream_node = n;
-        w.mapping(n, "upstream", {
-          {"host", [&](const YAML::Node& v) { w.string(v, "upstream.host", c.upstream.host); }},
-          {"port", [&](const YAML::Node& v) { w.integer(v, "upstream.port", c.upstream.port, 1, 65535); }},
-          {"sslmode", [&](const YAML::Node& v) {
-            w.enumeration(v, "upstream.sslmode", c.upstream.sslmode,
-                          {{"disable", SslMode::disable}, {"prefer", SslMode::prefer},
-                           {"require", SslMode::require}, {"verify-full", SslMode::verify_full}});
-          }},
-          {"sslrootcert", [&](const YAML::Node& v) { w.string(v, "upstream.sslrootcert", c.upstream.sslrootcert); }},
-          {"connect_timeout", [&](const YAML::Node& v) { w.duration(v, "upstream.connect_timeout", c.upstream.connect_timeout); }},
-        });
-      }},
-      {"timeouts", [&](const YAML::Node& n) {
-        w.mapping(n, "timeouts", {
-          {"handshake", [&](const YAML::Node& v) { w.duration(v, "timeouts.handshake", c.timeouts.handshake); }},
-          {"client_idle", [&](const YAML::Node& v) { w.duration(v, "timeouts.client_idle", c.timeouts.client_idle); }},
-          {"shutdown_grace", [&](const YAML::Node& v) { w.duration(v, "timeouts.shutdown_grace", c.timeouts.shutdown_grace); }},
-        });
-      }},
-      {"limits", [&](const YAML::Node& n) {
-        w.mapping(n, "limits", {
-          {"max_message_size", [&](const YAML::Node& v) {
-            std::string s;
-            if (!w.scalar(v, "limits.max_message_size", s)) return;
-            auto size = parse_size(s);
-            if (!size) {
-              w.issue(v, "limits.max_message_size: " + size.error().message);
-            } else if (*size < 8192 || *size > (uint64_t{1} << 30)) {
-              w.issue(v, "limits.max_message_size must be between 8KiB and 1GiB");
-            } else {
-              // 1GiB itself means PostgreSQL's own ceiling, which is one byte less.
-              c.limits.max_message_size =
-                  static_cast<uint32_t>(std::min<uint64_t>(*size, protocol::default_max_message_length));
-            }
-          }},
-        });
-      }},
-      {"log", [&](const YAML::Node& n) {
-        w.mapping(n, "log", {
-          {"level", [&](const YAML::Node& v) {
-            w.enumeration(v, "log.level", c.log.level,
-                          {{"debug", LogLevel::debug}, {"info", LogLevel::info},
-                           {"warn", LogLevel::warn}, {"error", LogLevel::error}});
-          }},
-        });
-      }},
-    });
   } catch (const YAML::Exception& e) {
     load.issues.push_back({e.mark.line + 1, e.mark.column + 1, e.msg});
   }
@@ -363,8 +417,17 @@ ConfigLoad parse_config(std::string_view yaml_text) {
   check_readable(w, tls_at, c.tls.client_ca_file, "tls.client_ca_file");
   const YAML::Node& up_at = upstream_node ? upstream_node : root;
   if (c.upstream.host.empty()) w.issue(up_at, "upstream.host must not be empty");
+  // Host names, addresses and socket directories never contain white space;
+  // finding some usually means a quote was left open and swallowed the lines
+  // after it.
+  if (std::any_of(c.upstream.host.begin(), c.upstream.host.end(),
+                  [](unsigned char ch) { return ch <= ' ' || ch == 0x7f; })) {
+    w.issue(up_at, "upstream.host contains white space or control characters (an unclosed quote?)");
+  }
   if (c.upstream.sslmode == SslMode::verify_full && c.upstream.sslrootcert.empty()) {
-    w.issue(up_at, "upstream.sslmode verify-full needs upstream.sslrootcert (the CA that signed PostgreSQL's certificate)");
+    w.issue(up_at,
+            "upstream.sslmode verify-full needs upstream.sslrootcert (the CA that signed PostgreSQL's "
+            "certificate)");
   }
   check_readable(w, up_at, c.upstream.sslrootcert, "upstream.sslrootcert");
   std::sort(load.issues.begin(), load.issues.end(),

@@ -53,8 +53,8 @@ std::vector<Seen> scan_split(const Buffer& stream, const std::vector<size_t>& cu
 }
 
 TEST(FrameScannerTest, CoalescedFramesAreReportedInOrder) {
-  Buffer stream = concat({msg('T', "rowdesc"), msg('D', "row1"), msg('D', "row2"), msg('C', "SELECT 2\0"),
-                          msg('Z', "I")});
+  Buffer stream = concat({msg('T', "rowdesc"), msg('D', "row1"), msg('D', "row2"),
+                          msg('C', std::string("SELECT 2\0", 9)), msg('Z', "I")});
   bool ok = false;
   auto seen = scan_split(stream, {}, &ok);
   ASSERT_TRUE(ok);
@@ -68,7 +68,7 @@ TEST(FrameScannerTest, CoalescedFramesAreReportedInOrder) {
 }
 
 TEST(FrameScannerTest, EverySplitPointGivesTheSameFrames) {
-  Buffer stream = concat({msg('D', "abc"), msg('E', "SERROR\0"), msg('Z', "T")});
+  Buffer stream = concat({msg('D', "abc"), msg('E', std::string("SERROR\0", 7)), msg('Z', "T")});
   auto whole = scan_split(stream, {});
   for (size_t cut = 1; cut < stream.size(); ++cut) {
     bool ok = false;
@@ -124,8 +124,11 @@ TEST(FrameScannerTest, HugeSkippedBodyIsNotBuffered) {
   ASSERT_TRUE(st.ok());
   EXPECT_EQ(frames, 1);
   Buffer chunk(1 << 16, 'y');
-  for (int i = 0; i < 4; ++i) ASSERT_TRUE(s.scan(Bytes(chunk), [](uint8_t, uint32_t) { return false; },
-                                                 [&](uint8_t, uint32_t, const Bytes*) { ++frames; }).ok());
+  for (int i = 0; i < 4; ++i)
+    ASSERT_TRUE(s.scan(
+                     Bytes(chunk), [](uint8_t, uint32_t) { return false; },
+                     [&](uint8_t, uint32_t, const Bytes*) { ++frames; })
+                    .ok());
   EXPECT_EQ(frames, 1);  // still inside the same body
   EXPECT_FALSE(s.at_boundary());
 }
@@ -135,7 +138,8 @@ TEST(FrameScannerTest, BadLengthsAreErrors) {
     Buffer b = {'Q', static_cast<uint8_t>(bad >> 24), static_cast<uint8_t>(bad >> 16),
                 static_cast<uint8_t>(bad >> 8), static_cast<uint8_t>(bad)};
     FrameScanner s(1U << 30);
-    auto st = s.scan(Bytes(b), [](uint8_t, uint32_t) { return false; }, [](uint8_t, uint32_t, const Bytes*) {});
+    auto st = s.scan(
+        Bytes(b), [](uint8_t, uint32_t) { return false; }, [](uint8_t, uint32_t, const Bytes*) {});
     ASSERT_FALSE(st.ok()) << bad;
     EXPECT_EQ(st.error().sqlstate, sqlstate::protocol_violation);
   }
@@ -145,11 +149,15 @@ TEST(FrameScannerTest, LimitIsInclusive) {
   Buffer at_limit = {'D', 0, 0, 0x10, 0};  // length 4096
   Buffer over = {'D', 0, 0, 0x10, 1};
   FrameScanner a(4096);
-  EXPECT_TRUE(a.scan(Bytes(at_limit), [](uint8_t, uint32_t) { return false; },
-                     [](uint8_t, uint32_t, const Bytes*) {}).ok());
+  EXPECT_TRUE(
+      a.scan(
+           Bytes(at_limit), [](uint8_t, uint32_t) { return false; }, [](uint8_t, uint32_t, const Bytes*) {})
+          .ok());
   FrameScanner b(4096);
-  EXPECT_FALSE(b.scan(Bytes(over), [](uint8_t, uint32_t) { return false; },
-                      [](uint8_t, uint32_t, const Bytes*) {}).ok());
+  EXPECT_FALSE(
+      b.scan(
+           Bytes(over), [](uint8_t, uint32_t) { return false; }, [](uint8_t, uint32_t, const Bytes*) {})
+          .ok());
 }
 
 TEST(FrameScannerTest, EmptyBodyFrameWithBodyRequested) {

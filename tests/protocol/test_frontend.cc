@@ -222,13 +222,13 @@ Buffer parse_with(int16_t count, size_t oids) {
 }
 
 TEST(ParseDecode, ParameterTypeCountBoundaries) {
-  expect_invalid<Parse>(parse_with(-2, 0), "Parse", "parameter type count -2 is negative");
-  expect_invalid<Parse>(parse_with(-1, 4), "Parse", "parameter type count -1 is negative");
+  expect_invalid<Parse>(parse_with(-2, 0), "Parse", "parameter type count 65534 needs at least");
+  expect_invalid<Parse>(parse_with(-1, 4), "Parse", "parameter type count 65535 needs at least");
   expect_valid<Parse>(parse_with(0, 0));
   expect_valid<Parse>(parse_with(3, 3));  // exactly the remaining bytes
   expect_invalid<Parse>(parse_with(4, 3), "Parse",
                         "parameter type count 4 needs at least 16 bytes but 12 remain");
-  expect_invalid<Parse>(parse_with(INT16_MIN, 0), "Parse", "is negative");
+  expect_invalid<Parse>(parse_with(INT16_MIN, 0), "Parse", "count 32768 needs at least");
   expect_invalid<Parse>(parse_with(INT16_MAX, 2), "Parse", "needs at least");
   expect_invalid<Parse>(parse_with(0, 1), "Parse", "4 unexpected bytes");
 }
@@ -273,9 +273,10 @@ RawMessage length_only(int32_t len, size_t data = 0) {
 }
 
 TEST(BindDecode, ParameterFormatCountBoundaries) {
-  expect_invalid<Bind>(bind_with({.format_count = -2}), "Bind", "parameter format count -2 is negative");
+  expect_invalid<Bind>(bind_with({.format_count = -2}), "Bind",
+                       "parameter format count 65534 needs at least");
   expect_invalid<Bind>(bind_with({.format_count = -1, .formats = {0}}), "Bind",
-                       "parameter format count -1 is negative");
+                       "parameter format count 65535 needs at least");
   expect_valid<Bind>(bind_with({.format_count = 0}));
   // Exactly the remaining bytes: the count eats the parameter and result
   // counts as format codes, so those are then missing.
@@ -285,15 +286,29 @@ TEST(BindDecode, ParameterFormatCountBoundaries) {
 }
 
 TEST(BindDecode, ParameterCountBoundaries) {
-  expect_invalid<Bind>(bind_with({.param_count = -2}), "Bind", "parameter count -2 is negative");
+  expect_invalid<Bind>(bind_with({.param_count = -2}), "Bind", "parameter count 65534 needs at least");
   expect_invalid<Bind>(bind_with({.param_count = -1, .params = {value("x")}}), "Bind",
-                       "parameter count -1 is negative");
+                       "parameter count 65535 needs at least");
   expect_valid<Bind>(bind_with({.param_count = 0}));
   // Two NULLs (8 bytes) plus the 2-byte result count: 10 bytes remain, so a
   // count of 2 is exact and 3 needs 12.
   expect_valid<Bind>(bind_with({.param_count = 2, .params = {value({}), value({})}}));
   expect_invalid<Bind>(bind_with({.param_count = 3, .params = {value({}), value({})}}), "Bind",
                        "parameter count 3 needs at least 12 bytes but 10 remain");
+}
+
+// PostgreSQL reads Int16 counts unsigned and accepts up to 65535 Bind
+// parameters (PostgreSQL 14+), so a count above 32767 is not an error.
+TEST(BindDecode, CountsAboveInt16MaxAreUnsigned) {
+  Bind m;
+  m.parameters.assign(40000, std::nullopt);
+  Buffer wire;
+  m.encode(wire);
+  auto frame = decode_frame(wire, default_max_message_length);
+  ASSERT_EQ(frame.status, FrameStatus::complete);
+  Result<Bind> back = Bind::decode(frame.frame.body);
+  ASSERT_TRUE(back.ok()) << back.error().message;
+  EXPECT_EQ(back->parameters.size(), 40000U);
 }
 
 TEST(BindDecode, ParameterLengthBoundaries) {
@@ -333,9 +348,9 @@ TEST(BindDecode, FormatCountMustBeZeroOneOrTheParameterCount) {
 }
 
 TEST(BindDecode, ResultFormatCountBoundaries) {
-  expect_invalid<Bind>(bind_with({.result_count = -2}), "Bind", "result format count -2 is negative");
+  expect_invalid<Bind>(bind_with({.result_count = -2}), "Bind", "result format count 65534 needs at least");
   expect_invalid<Bind>(bind_with({.result_count = -1, .results = {0}}), "Bind",
-                       "result format count -1 is negative");
+                       "result format count 65535 needs at least");
   expect_valid<Bind>(bind_with({.result_count = 2, .results = {1, 0}}));
   expect_invalid<Bind>(bind_with({.result_count = 3, .results = {1, 0}}), "Bind",
                        "result format count 3 needs at least 6 bytes but 4 remain");
@@ -408,9 +423,9 @@ Buffer function_call_with(int16_t format_count, std::vector<int16_t> formats, in
 
 TEST(FunctionCallDecode, CountAndLengthBoundaries) {
   expect_invalid<FunctionCall>(function_call_with(-2, {}, 0, {}), "FunctionCall",
-                               "argument format count -2 is negative");
+                               "argument format count 65534 needs at least");
   expect_invalid<FunctionCall>(function_call_with(0, {}, -1, {}), "FunctionCall",
-                               "argument count -1 is negative");
+                               "argument count 65535 needs at least");
   expect_valid<FunctionCall>(function_call_with(0, {}, 0, {}));
   expect_valid<FunctionCall>(function_call_with(0, {}, 1, {value({})}));
   expect_invalid<FunctionCall>(function_call_with(0, {}, 2, {value({})}), "FunctionCall",

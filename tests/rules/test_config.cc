@@ -14,7 +14,9 @@ bool has_issue(const ConfigLoad& load, int line, const std::string& needle) {
   return false;
 }
 
-std::string dump(const ConfigLoad& load) { return load.format("cfg"); }
+std::string dump(const ConfigLoad& load) {
+  return load.format("cfg");
+}
 
 TEST(ConfigTest, EmptyFileGivesSafeDefaults) {
   auto load = parse_config("");
@@ -118,8 +120,8 @@ TEST(ConfigTest, TlsKeysMustComeTogether) {
   EXPECT_TRUE(has_issue(parse_config("tls:\n  cert_file: /nonexistent.pem\n"), 2,
                         "tls.cert_file and tls.key_file must be set together"));
   EXPECT_TRUE(has_issue(parse_config("tls:\n  require: true\n"), 2, "no tls.cert_file"));
-  EXPECT_TRUE(has_issue(parse_config("tls:\n  cert_file: /nonexistent.pem\n  key_file: /nonexistent.key\n"), 2,
-                        "cannot read \"/nonexistent.pem\""));
+  EXPECT_TRUE(has_issue(parse_config("tls:\n  cert_file: /nonexistent.pem\n  key_file: /nonexistent.key\n"),
+                        2, "cannot read \"/nonexistent.pem\""));
   EXPECT_TRUE(has_issue(parse_config("tls:\n  min_version: \"1.1\"\n"), 2, "tls.min_version"));
   EXPECT_TRUE(has_issue(parse_config("tls:\n  require: maybe\n"), 2, "must be true or false"));
 }
@@ -127,6 +129,12 @@ TEST(ConfigTest, TlsKeysMustComeTogether) {
 TEST(ConfigTest, VerifyFullNeedsARootCert) {
   auto load = parse_config("upstream:\n  sslmode: verify-full\n");
   EXPECT_TRUE(has_issue(load, 2, "needs upstream.sslrootcert")) << dump(load);
+}
+
+TEST(ConfigTest, UnclosedQuoteIsCaught) {
+  // yaml-cpp lets an unclosed double quote run on over the next lines.
+  auto load = parse_config("upstream:\n  host: \"127.0.0.1\n  port: 5432\n");
+  EXPECT_FALSE(load.ok());
 }
 
 TEST(ConfigTest, UnixSocketUpstreamIsRecognised) {
