@@ -13,22 +13,12 @@
 
 namespace pgcloak::protocol {
 
+using detail::decode_empty;
+using detail::encode_empty;
 using detail::FieldReader;
 using detail::type_text;
 
 namespace {
-
-template <class M>
-Result<M> decode_empty(Bytes body, std::string_view name) {
-  FieldReader r(body, name);
-  if (!r.finish()) return r.take_error();
-  return M{};
-}
-
-void encode_empty(Buffer& out, uint8_t type) {
-  Writer w(out);
-  w.end(w.begin(type));
-}
 
 std::string_view auth_message_name(AuthCode code) {
   switch (code) {
@@ -263,47 +253,17 @@ void ReadyForQuery::encode(Buffer& out) const {
   w.end(at);
 }
 
-Result<ParseComplete> ParseComplete::decode(Bytes body) {
-  return decode_empty<ParseComplete>(body, "ParseComplete");
-}
-void ParseComplete::encode(Buffer& out) const {
-  encode_empty(out, be::parse_complete);
-}
+PGCLOAK_EMPTY_MESSAGE(ParseComplete, be::parse_complete)
 
-Result<BindComplete> BindComplete::decode(Bytes body) {
-  return decode_empty<BindComplete>(body, "BindComplete");
-}
-void BindComplete::encode(Buffer& out) const {
-  encode_empty(out, be::bind_complete);
-}
+PGCLOAK_EMPTY_MESSAGE(BindComplete, be::bind_complete)
 
-Result<CloseComplete> CloseComplete::decode(Bytes body) {
-  return decode_empty<CloseComplete>(body, "CloseComplete");
-}
-void CloseComplete::encode(Buffer& out) const {
-  encode_empty(out, be::close_complete);
-}
+PGCLOAK_EMPTY_MESSAGE(CloseComplete, be::close_complete)
 
-Result<NoData> NoData::decode(Bytes body) {
-  return decode_empty<NoData>(body, "NoData");
-}
-void NoData::encode(Buffer& out) const {
-  encode_empty(out, be::no_data);
-}
+PGCLOAK_EMPTY_MESSAGE(NoData, be::no_data)
 
-Result<PortalSuspended> PortalSuspended::decode(Bytes body) {
-  return decode_empty<PortalSuspended>(body, "PortalSuspended");
-}
-void PortalSuspended::encode(Buffer& out) const {
-  encode_empty(out, be::portal_suspended);
-}
+PGCLOAK_EMPTY_MESSAGE(PortalSuspended, be::portal_suspended)
 
-Result<EmptyQueryResponse> EmptyQueryResponse::decode(Bytes body) {
-  return decode_empty<EmptyQueryResponse>(body, "EmptyQueryResponse");
-}
-void EmptyQueryResponse::encode(Buffer& out) const {
-  encode_empty(out, be::empty_query_response);
-}
+PGCLOAK_EMPTY_MESSAGE(EmptyQueryResponse, be::empty_query_response)
 
 // ---- ParameterDescription: Int16 N, Int32[N] type OIDs.
 Result<ParameterDescription> ParameterDescription::decode(Bytes body) {

@@ -165,4 +165,28 @@ class FieldReader {
   std::optional<Error> error_;
 };
 
+// Messages whose body is empty (Sync, Flush, Terminate, CopyDone,
+// ParseComplete, BindComplete, CloseComplete, NoData, PortalSuspended,
+// EmptyQueryResponse): any byte in the body is malformed.
+template <class M>
+Result<M> decode_empty(Bytes body, std::string_view name) {
+  FieldReader r(body, name);
+  if (!r.finish()) return r.take_error();
+  return M{};
+}
+
+inline void encode_empty(Buffer& out, uint8_t type) {
+  Writer w(out);
+  w.end(w.begin(type));
+}
+
 }  // namespace pgcloak::protocol::detail
+
+// Defines decode() and encode() of a message with an empty body.
+#define PGCLOAK_EMPTY_MESSAGE(Name, type_byte) \
+  Result<Name> Name::decode(Bytes body) {      \
+    return decode_empty<Name>(body, #Name);    \
+  }                                            \
+  void Name::encode(Buffer& out) const {       \
+    encode_empty(out, type_byte);              \
+  }

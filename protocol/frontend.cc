@@ -12,23 +12,12 @@
 
 namespace pgcloak::protocol {
 
+using detail::decode_empty;
+using detail::encode_empty;
 using detail::FieldReader;
 using detail::type_text;
 
 namespace {
-
-// Messages whose body is empty: Sync, Flush, Terminate, CopyDone.
-template <class M>
-Result<M> decode_empty(Bytes body, std::string_view name) {
-  FieldReader r(body, name);
-  if (!r.finish()) return r.take_error();
-  return M{};
-}
-
-void encode_empty(Buffer& out, uint8_t type) {
-  Writer w(out);
-  w.end(w.begin(type));
-}
 
 // Describe and Close name a prepared statement ('S') or a portal ('P');
 // anything else is rejected, as PostgreSQL does.
@@ -198,19 +187,9 @@ void Execute::encode(Buffer& out) const {
   w.end(at);
 }
 
-Result<Sync> Sync::decode(Bytes body) {
-  return decode_empty<Sync>(body, "Sync");
-}
-void Sync::encode(Buffer& out) const {
-  encode_empty(out, fe::sync);
-}
+PGCLOAK_EMPTY_MESSAGE(Sync, fe::sync)
 
-Result<Flush> Flush::decode(Bytes body) {
-  return decode_empty<Flush>(body, "Flush");
-}
-void Flush::encode(Buffer& out) const {
-  encode_empty(out, fe::flush);
-}
+PGCLOAK_EMPTY_MESSAGE(Flush, fe::flush)
 
 // ---- Close: Byte1 'S'/'P', String name.
 Result<Close> Close::decode(Bytes body) {
@@ -228,12 +207,7 @@ void Close::encode(Buffer& out) const {
   w.end(at);
 }
 
-Result<Terminate> Terminate::decode(Bytes body) {
-  return decode_empty<Terminate>(body, "Terminate");
-}
-void Terminate::encode(Buffer& out) const {
-  encode_empty(out, fe::terminate);
-}
+PGCLOAK_EMPTY_MESSAGE(Terminate, fe::terminate)
 
 // ---- CopyData: the whole body is data, in either direction.
 Result<CopyData> CopyData::decode(Bytes body) {
@@ -247,12 +221,7 @@ void CopyData::encode(Buffer& out) const {
   w.end(at);
 }
 
-Result<CopyDone> CopyDone::decode(Bytes body) {
-  return decode_empty<CopyDone>(body, "CopyDone");
-}
-void CopyDone::encode(Buffer& out) const {
-  encode_empty(out, fe::copy_done);
-}
+PGCLOAK_EMPTY_MESSAGE(CopyDone, fe::copy_done)
 
 // ---- CopyFail: String error message.
 Result<CopyFail> CopyFail::decode(Bytes body) {

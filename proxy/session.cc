@@ -409,17 +409,26 @@ awaitable<bool> Session::connect_and_authenticate() {
     co_return ok;
   };
 
+  // One whole message from PostgreSQL, or nothing after the client has been
+  // told why.
+  auto next_upstream_frame = [&]() -> awaitable<std::optional<protocol::Frame>> {
+    auto fr = co_await read_frame(*upstream_, upstream_in_, false, max_len);
+    if (fr.status != protocol::FrameStatus::error) co_return fr.frame;
+    if (fr.error.sqlstate == sqlstate::connection_failure) {
+      co_await lost_upstream();
+    } else {
+      co_await send_error(fr.error);
+    }
+    co_return std::nullopt;
+  };
+
   // Authentication exchange: requests from PostgreSQL go to the client and
   // the client's answers go back, until AuthenticationOk or an error.
   bool password_requested = false;
   for (bool authenticated = false; !authenticated;) {
-    auto fr = co_await read_frame(*upstream_, upstream_in_, false, max_len);
-    if (fr.status == protocol::FrameStatus::error) {
-      if (fr.error.sqlstate == sqlstate::connection_failure) co_return co_await lost_upstream();
-      co_await send_error(fr.error);
-      co_return false;
-    }
-    const auto& frame = fr.frame;
+    auto next = co_await next_upstream_frame();
+    if (!next) co_return false;
+    const auto& frame = *next;
     const size_t size = frame.size();
     switch (frame.type()) {
       case be::authentication: {
@@ -513,13 +522,9 @@ awaitable<bool> Session::connect_and_authenticate() {
 
   // Session setup: ParameterStatus, BackendKeyData, then ReadyForQuery.
   for (;;) {
-    auto fr = co_await read_frame(*upstream_, upstream_in_, false, max_len);
-    if (fr.status == protocol::FrameStatus::error) {
-      if (fr.error.sqlstate == sqlstate::connection_failure) co_return co_await lost_upstream();
-      co_await send_error(fr.error);
-      co_return false;
-    }
-    const auto& frame = fr.frame;
+    auto next = co_await next_upstream_frame();
+    if (!next) co_return false;
+    const auto& frame = *next;
     const size_t size = frame.size();
     switch (frame.type()) {
       case be::parameter_status: {
