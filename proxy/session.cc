@@ -129,10 +129,30 @@ awaitable<void> Session::main() {
     log::warn("handshake timeout (" + std::to_string(config_->timeouts.handshake.count()) +
                   " ms) expired before authentication completed; closing",
               id_);
-    close_all();
+    handshake_timed_out_ = true;
+    if (phase_ == Phase::tls) {  // no protocol to speak yet
+      close_all();
+      return;
+    }
+    // Abort what the handshake is waiting for; main() then tells the client
+    // why. Should even that stall, the connection is closed shortly after.
+    client_->cancel();
+    if (upstream_) upstream_->cancel();
+    handshake_deadline_.arm(std::chrono::seconds(2), [this] { close_all(); });
   });
-  if (!co_await negotiate_startup()) co_return;
-  if (!co_await connect_and_authenticate()) co_return;
+  const bool ready = co_await negotiate_startup() && co_await connect_and_authenticate();
+  if (!ready) {
+    // Only a client that got as far as authentication is owed an answer; one
+    // that never sent a StartupMessage (or sent a CancelRequest) is not.
+    if (handshake_timed_out_ && !closing_ && phase_ == Phase::auth) {
+      co_await send_error(Error::make(
+          sqlstate::connection_failure,
+          "pgcloak closed the connection: the client did not finish connecting and authenticating within " +
+              std::to_string(config_->timeouts.handshake.count()) + " ms",
+          Severity::fatal, "The limit is timeouts.handshake in pgcloak's configuration."));
+    }
+    co_return;
+  }
   handshake_deadline_.disarm();
   co_await relay();
 }
@@ -353,6 +373,7 @@ awaitable<bool> Session::connect_and_authenticate() {
 
   const uint32_t max_len = config_->limits.max_message_size;
   auto lost_upstream = [&]() -> awaitable<bool> {
+    if (handshake_timed_out_) co_return false;  // main() reports the timeout
     co_await send_error(Error::make(sqlstate::connection_failure,
                                     "lost the connection to PostgreSQL during authentication",
                                     Severity::fatal));

@@ -136,6 +136,7 @@ class Session : public std::enable_shared_from_this<Session> {
   protocol::Buffer client_out_;  // handshake-phase output, flushed before reads
 
   Deadline handshake_deadline_;
+  bool handshake_timed_out_ = false;
   bool registered_key_ = false;
   BackendKey client_key_;
   BackendKey upstream_key_;

@@ -131,6 +131,21 @@ def test_handshake_timeout(pgcloak, stage):
     assert proxy.alive()
 
 
+def test_handshake_timeout_during_authentication_is_reported(pgcloak):
+    """A client that stops answering mid-authentication gets an ErrorResponse
+    that names the limit, not a bare close."""
+    proxy = pgcloak(timeouts={"handshake": "1s"})
+    with pgwire.PgWire(proxy.host, proxy.port) as w:
+        w.send(pgwire.startup_packet({"user": "scram_user", "database": "app"}))
+        first = w.read_message(timeout=10)
+        assert first.type == b"R", first  # AuthenticationSASL; we never answer
+        data = w.read_until_eof(timeout=10)
+    err = pgwire.first_error(data)
+    assert err is not None, data[:200]
+    assert err["C"] == "08006" and "timeouts.handshake" in err.get("H", ""), err
+    assert proxy.alive()
+
+
 def test_handshake_timeout_spares_authenticated_sessions(pgcloak):
     proxy = pgcloak(timeouts={"handshake": "1s"})
     with pgwire.PgWire(proxy.host, proxy.port) as w:
