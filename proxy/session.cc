@@ -622,10 +622,16 @@ awaitable<bool> Session::flush_client() {
 }
 
 awaitable<bool> Session::write_upstream(Bytes bytes) {
+  // Writers to PostgreSQL never overlap (upstream_writing_), so whatever the
+  // kernel takes at once can go straight to send(2).
+  error_code ec;
+  size_t done = upstream_writing_ ? 0 : upstream_->try_write(asio::buffer(bytes.data(), bytes.size()), ec);
+  if (done == bytes.size()) co_return true;
+  if (ec && ec != asio::error::would_block && ec != asio::error::try_again) co_return false;
   upstream_writing_ = true;
-  auto [ec, n] = co_await upstream_->write(asio::buffer(bytes.data(), bytes.size()));
+  auto [wec, n] = co_await upstream_->write(asio::buffer(bytes.data() + done, bytes.size() - done));
   upstream_writing_ = false;
-  co_return !ec;
+  co_return !wec;
 }
 
 awaitable<void> Session::send_error(const Error& error) {
@@ -673,6 +679,8 @@ bool Session::idle() const {
 awaitable<void> Session::relay() {
   phase_ = Phase::ready;
   server_at_ready_ = true;
+  client_->enable_try_write();
+  upstream_->enable_try_write();
   to_client_ = std::make_unique<ChunkChannel>(executor_, client_queue_chunks);
   // Whatever the handshake left in our output buffer goes first.
   if (!client_out_.empty()) {
@@ -807,8 +815,24 @@ awaitable<void> Session::pump_server_to_client() {
     }
     if (violated) break;
     server_at_ready_ = ended_ready && server_scanner_.at_boundary();
-    auto [sec] = co_await to_client_->async_send(error_code{}, std::move(buf), use_nothrow);
-    if (sec) co_return;  // the writer has gone: the client is lost
+    // Fast path: when nothing is queued or being written to the client,
+    // ordering allows writing here directly; only what the socket does not
+    // take at once is handed to the writer.
+    if (!writer_busy_ && !to_client_->ready()) {
+      error_code wec;
+      size_t done = client_->try_write(asio::buffer(buf.data(), buf.size()), wec);
+      if (wec && wec != asio::error::would_block && wec != asio::error::try_again) break;
+      if (done == buf.size()) {
+        recycle(std::move(buf));
+        buf = Chunk{};
+      } else if (done > 0) {
+        buf.erase(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(done));
+      }
+    }
+    if (!buf.empty()) {
+      auto [sec] = co_await to_client_->async_send(error_code{}, std::move(buf), use_nothrow);
+      if (sec) co_return;  // the writer has gone: the client is lost
+    }
     if (draining_ && idle() && transaction_status_ == 'I') {
       co_await terminate_with(Error::make(sqlstate::admin_shutdown,
                                           "terminating connection because pgcloak is shutting down",
@@ -834,7 +858,9 @@ awaitable<void> Session::client_writer() {
       end_of_stream = true;
       break;
     }
+    writer_busy_ = true;
     auto [wec, n] = co_await client_->write(asio::buffer(chunk));
+    writer_busy_ = false;
     recycle(std::move(chunk));
     if (wec) break;
   }

@@ -161,6 +161,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::chrono::steady_clock::time_point last_activity_;
   asio::steady_timer idle_timer_;
   bool reader_done_ = false;  // the client-to-server pump has returned
+  bool writer_busy_ = false;  // the writer holds a chunk it has not finished writing
   asio::steady_timer reader_done_event_;
 };
 

@@ -20,6 +20,21 @@ awaitable<std::tuple<error_code, size_t>> Stream::write(asio::const_buffer buffe
   return asio::async_write(std::get<unix_stream::socket>(socket_), buffer, use_nothrow);
 }
 
+void Stream::enable_try_write() {
+  if (tls_) return;
+  error_code ec;
+  std::visit([&](auto& s) { s.non_blocking(true, ec); }, socket_);
+  try_write_ok_ = !ec;
+}
+
+size_t Stream::try_write(asio::const_buffer buffer, error_code& ec) {
+  if (!try_write_ok_) {
+    ec = asio::error::would_block;
+    return 0;
+  }
+  return std::visit([&](auto& s) { return s.write_some(buffer, ec); }, socket_);
+}
+
 awaitable<error_code> Stream::tls_accept(ssl::context& context) {
   auto* t = std::get_if<tcp::socket>(&socket_);
   if (t == nullptr) co_return asio::error::operation_not_supported;
