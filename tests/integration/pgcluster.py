@@ -15,7 +15,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from certs import Certs
-from util import as_postgres, chown_postgres, free_port, pg_tool, run
+from util import as_postgres, chown_postgres, free_port, pg_tool, run, tail_file
 
 # Every role's password; trust_user authenticates by pg_hba 'trust'.
 PASSWORDS = {
@@ -98,13 +98,7 @@ log_line_prefix = '%m [%p] %q%u@%d/%a '
         self.running = False
 
     def log_tail(self, nbytes: int = 20000) -> str:
-        try:
-            with open(self.logfile, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - nbytes))
-                return f.read().decode("utf-8", "replace")
-        except OSError as e:
-            return f"(no postgres log: {e})"
+        return tail_file(self.logfile, nbytes, "postgres")
 
     # -- connections ------------------------------------------------------------
     def admin(self, dbname: str = "postgres") -> psycopg.Connection:

@@ -12,7 +12,7 @@ import yaml
 from psycopg.conninfo import make_conninfo
 
 from pgcluster import PASSWORDS
-from util import free_port, port_open
+from util import free_port, port_open, tail_file
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DEFAULT_BIN = os.path.join(REPO, "build", "proxy", "pgcloak")
@@ -97,13 +97,7 @@ class Pgcloak:
                 pass
 
     def log(self, nbytes: int = 30000) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - nbytes))
-                return f.read().decode("utf-8", "replace")
-        except OSError as e:
-            return f"(no pgcloak log: {e})"
+        return tail_file(self.log_path, nbytes, "pgcloak")
 
     # -- client helpers -------------------------------------------------------
     def dsn(self, user: str = "scram_user", dbname: str = "app", sslmode: str = "require", **kw) -> str:

@@ -87,3 +87,14 @@ def read_rss_kib(pid: int) -> int | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return None
+
+
+def tail_file(path: str, nbytes: int, what: str) -> str:
+    """The last nbytes of a log file, for failure reports."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - nbytes))
+            return f.read().decode("utf-8", "replace")
+    except OSError as e:
+        return f"(no {what} log: {e})"
