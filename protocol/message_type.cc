@@ -77,4 +77,10 @@ std::string_view backend_message_name(uint8_t type) {
   return backend_names[type];
 }
 
+std::string printable_type(uint8_t type) {
+  if (type >= 0x20 && type < 0x7f) return std::string("'") + static_cast<char>(type) + "'";
+  static constexpr char hex[] = "0123456789abcdef";
+  return std::string("0x") + hex[type >> 4] + hex[type & 15];
+}
+
 }  // namespace pgcloak::protocol

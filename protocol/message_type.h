@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace pgcloak::protocol {
@@ -64,5 +65,7 @@ struct MessageTypeInfo {
 // Name of a type byte for logs and errors; "unknown" when not in the table.
 std::string_view frontend_message_name(uint8_t type);
 std::string_view backend_message_name(uint8_t type);
+// For error messages: 'Q' for printable type bytes, "0x.." otherwise.
+std::string printable_type(uint8_t type);
 
 }  // namespace pgcloak::protocol

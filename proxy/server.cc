@@ -59,6 +59,7 @@ Status Server::start() {
   }
 
   unsigned threads = cfg.threads != 0 ? cfg.threads : std::max(1U, std::thread::hardware_concurrency());
+  if (auto st = state_.relays.start(threads); !st) return st;
   for (unsigned i = 0; i < threads; ++i) {
     workers_.push_back(std::make_unique<asio::io_context>(1));
     guards_.push_back(asio::make_work_guard(*workers_.back()));
@@ -145,6 +146,7 @@ int Server::run() {
   }
   main_ctx.run();
   for (auto& t : threads) t.join();
+  state_.relays.stop();
   return exit_code_;
 }
 

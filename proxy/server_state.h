@@ -12,6 +12,7 @@
 
 #include "proxy/asio.h"
 #include "proxy/cancel_registry.h"
+#include "proxy/relay_loop.h"
 #include "rules/config.h"
 
 namespace pgcloak::proxy {
@@ -38,6 +39,7 @@ struct ServerState {
   std::shared_ptr<ssl::context> upstream_tls;  // null when upstream.sslmode is disable
   CancelRegistry cancels;
   SessionRegistry sessions;
+  RelayPool relays;  // relaying sessions, one epoll loop per thread
   std::atomic<bool> draining{false};
 };
 

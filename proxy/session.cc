@@ -17,62 +17,16 @@ namespace fe = protocol::fe;
 namespace be = protocol::be;
 using protocol::Buffer;
 using protocol::Bytes;
+using protocol::printable_type;
 
-// Relay chunk size: large enough that a bulk result moves in few syscalls,
-// small enough that a few per session keep memory flat.
-constexpr size_t relay_chunk = size_t{64} * 1024;
-// Chunks queued towards a client before the server reader waits.
-constexpr size_t client_queue_chunks = 2;
 // Authentication messages from clients are small (a SCRAM message is well
 // under 1 KiB); PostgreSQL caps them at 64 KiB as well (PG_MAX_AUTH_TOKEN_LENGTH).
 constexpr uint32_t max_auth_message = 65536;
-
-constexpr auto make_type_table(std::initializer_list<uint8_t> types) {
-  std::array<bool, 256> t{};
-  for (uint8_t c : types) t[c] = true;
-  return t;
-}
-
-// Message types a client may send once authenticated (protocol docs,
-// "Message Formats"). Anything else is refused: pgcloak never forwards a
-// message it cannot classify.
-constexpr auto frontend_types = make_type_table(
-    {fe::bind, fe::close, fe::copy_data, fe::copy_done, fe::copy_fail, fe::describe, fe::execute, fe::flush,
-     fe::function_call, fe::parse, fe::query, fe::sync, fe::terminate});
-constexpr auto backend_types = make_type_table({be::authentication,
-                                                be::backend_key_data,
-                                                be::bind_complete,
-                                                be::close_complete,
-                                                be::command_complete,
-                                                be::copy_data,
-                                                be::copy_done,
-                                                be::copy_in_response,
-                                                be::copy_out_response,
-                                                be::copy_both_response,
-                                                be::data_row,
-                                                be::empty_query_response,
-                                                be::error_response,
-                                                be::function_call_response,
-                                                be::negotiate_protocol_version,
-                                                be::no_data,
-                                                be::notice_response,
-                                                be::notification_response,
-                                                be::parameter_description,
-                                                be::parameter_status,
-                                                be::parse_complete,
-                                                be::portal_suspended,
-                                                be::ready_for_query,
-                                                be::row_description});
 
 Buffer encode_error(const Error& e) {
   Buffer out;
   protocol::ErrorResponse::from_error(e).encode(out);
   return out;
-}
-
-std::string printable_type(uint8_t t) {
-  if (t >= 0x20 && t < 0x7f) return std::string("'") + static_cast<char>(t) + "'";
-  return "0x" + std::to_string(t);
 }
 
 bool truthy_replication(const std::string& v) {
@@ -96,12 +50,7 @@ Session::Session(ServerState& server, std::unique_ptr<Stream> client, uint64_t i
       client_(std::move(client)),
       executor_(client_->executor()),
       id_(id),
-      handshake_deadline_(executor_),
-      client_scanner_(config_->limits.max_message_size),
-      server_scanner_(config_->limits.max_message_size),
-      last_activity_(std::chrono::steady_clock::now()),
-      idle_timer_(executor_),
-      reader_done_event_(executor_) {
+      handshake_deadline_(executor_) {
   identity_.client_address = client_->peer_address();
 }
 
@@ -583,7 +532,6 @@ awaitable<bool> Session::connect_and_authenticate() {
           co_await send_error(rfq.error());
           co_return false;
         }
-        transaction_status_ = rfq->status;
         queue_to_client(upstream_in_.view().first(size));
         upstream_in_.consume(size);
         identity_.authenticated = true;
@@ -622,261 +570,60 @@ awaitable<bool> Session::flush_client() {
 }
 
 awaitable<bool> Session::write_upstream(Bytes bytes) {
-  // Writers to PostgreSQL never overlap (upstream_writing_), so whatever the
-  // kernel takes at once can go straight to send(2).
-  error_code ec;
-  size_t done = upstream_writing_ ? 0 : upstream_->try_write(asio::buffer(bytes.data(), bytes.size()), ec);
-  if (done == bytes.size()) co_return true;
-  if (ec && ec != asio::error::would_block && ec != asio::error::try_again) co_return false;
-  upstream_writing_ = true;
-  auto [wec, n] = co_await upstream_->write(asio::buffer(bytes.data() + done, bytes.size() - done));
-  upstream_writing_ = false;
-  co_return !wec;
+  auto [ec, n] = co_await upstream_->write(asio::buffer(bytes.data(), bytes.size()));
+  co_return !ec;
 }
 
 awaitable<void> Session::send_error(const Error& error) {
   Buffer b = encode_error(error);
-  if (to_client_) {
-    co_await to_client_->async_send(error_code{}, Chunk(b.begin(), b.end()), use_nothrow);
-    co_return;
-  }
   queue_to_client(b);
   co_await flush_client();
-}
-
-Chunk Session::take_chunk() {
-  if (spare_chunks_.empty()) return Chunk{};
-  Chunk c = std::move(spare_chunks_.back());
-  spare_chunks_.pop_back();
-  return c;
-}
-
-void Session::recycle(Chunk&& c) {
-  if (spare_chunks_.size() < client_queue_chunks + 1 && c.capacity() >= relay_chunk) {
-    spare_chunks_.push_back(std::move(c));
-  }
 }
 
 void Session::close_all() {
   closing_ = true;
   phase_ = Phase::closing;
   handshake_deadline_.disarm();
-  idle_timer_.cancel();
-  if (to_client_) {
-    to_client_->cancel();
-    to_client_->close();
-  }
   if (upstream_) upstream_->close();
   client_->close();
 }
 
 // --- relaying -------------------------------------------------------------
 
-bool Session::idle() const {
-  return server_at_ready_ && pending_ready_ == 0 && client_scanner_.at_boundary() && !upstream_writing_;
-}
-
 awaitable<void> Session::relay() {
   phase_ = Phase::ready;
-  server_at_ready_ = true;
-  client_->enable_try_write();
-  upstream_->enable_try_write();
-  to_client_ = std::make_unique<ChunkChannel>(executor_, client_queue_chunks);
-  // Whatever the handshake left in our output buffer goes first.
-  if (!client_out_.empty()) {
-    co_await to_client_->async_send(error_code{}, Chunk(client_out_.begin(), client_out_.end()), use_nothrow);
-    client_out_ = Buffer{};
-  }
-  if (draining_ || server_.draining.load()) drain();
-  using namespace asio::experimental::awaitable_operators;
-  co_await (pump_client_to_server() && pump_server_to_client() && client_writer() && idle_watchdog());
-  log::info("session closed: user=" + identity_.user + " client=" + identity_.client_address, id_);
-}
-
-awaitable<void> Session::pump_client_to_server() {
-  Buffer buf(relay_chunk);
-  // Bytes the client sent right behind its last authentication message.
-  Buffer carried(client_in_.view().begin(), client_in_.view().end());
-  client_in_ = Inbound{};
-  bool saw_terminate = false;
-  Error violation;
-  bool violated = false;
-
-  auto process = [&](Bytes chunk) -> bool {
-    auto st = client_scanner_.scan(
-        chunk, [](uint8_t, uint32_t) { return false; },
-        [&](uint8_t type, uint32_t, const Bytes*) {
-          if (violated) return;
-          if (!frontend_types[type]) {
-            violated = true;
-            violation = Error::protocol("invalid frontend message type " + printable_type(type));
-            return;
-          }
-          if (type == fe::query || type == fe::sync || type == fe::function_call) {
-            ++pending_ready_;
-            server_at_ready_ = false;
-          } else if (type == fe::terminate) {
-            saw_terminate = true;
-          }
-        });
-    if (!st) {
-      violated = true;
-      violation = st.error();
-    }
-    return !violated;
+  // From here on the relay loop owns both connections; this coroutine only
+  // waits for it to finish so the session's lifetime stays in one place.
+  struct Done {
+    explicit Done(asio::any_io_executor ex) : timer(ex) {}
+    asio::steady_timer timer;
+    bool done = false;
   };
+  auto done = std::make_shared<Done>(executor_);
+  done->timer.expires_at(asio::steady_timer::time_point::max());
 
-  bool ok = true;
-  if (!carried.empty()) {
-    ok = process(carried) && co_await write_upstream(carried);
-  }
-  while (ok && !saw_terminate && !closing_) {
-    auto [ec, n] = co_await client_->read_some(asio::buffer(buf));
-    if (ec) break;
-    last_activity_ = std::chrono::steady_clock::now();
-    Bytes chunk(buf.data(), n);
-    // Fail closed: a malformed stream is not forwarded, not even in part.
-    if (!process(chunk)) break;
-    if (!co_await write_upstream(chunk)) break;
-  }
-  if (violated) {
-    log::warn("closing session: " + violation.message, id_);
-    co_await send_error(violation);
-  } else if (!saw_terminate && !closing_ && upstream_ && client_scanner_.at_boundary()) {
-    // The client vanished without Terminate; end the backend cleanly rather
-    // than leave PostgreSQL to notice a reset.
-    static constexpr uint8_t terminate_msg[] = {'X', 0, 0, 0, 4};
-    co_await write_upstream(Bytes(terminate_msg));
-  }
-  terminate_sent_ = true;
-  // Ending the upstream side makes the server pump finish, which in turn
-  // lets the writer flush what is queued and close the client.
-  if (upstream_) upstream_->close();
-  reader_done_ = true;
-  reader_done_event_.cancel();
-}
-
-awaitable<void> Session::pump_server_to_client() {
-  Error violation;
-  bool violated = false;
-  while (!closing_) {
-    Chunk buf = take_chunk();
-    buf.resize(relay_chunk);
-    auto [ec, n] = co_await upstream_->read_some(asio::buffer(buf));
-    if (ec) {
-      if (!terminate_sent_ && !terminating_ && !closing_) {
-        log::info("PostgreSQL closed the connection: " + ec.message(), id_);
-        // Whatever PostgreSQL said before closing (e.g. FATAL 57P01) is
-        // already queued; if it closed mid-message the client still needs
-        // a proper error.
-        if (!server_scanner_.at_boundary()) {
-          violated = true;
-          violation = Error::make(sqlstate::connection_failure,
-                                  "the connection to PostgreSQL was lost in the middle of a message",
-                                  Severity::fatal);
-        } else if ((!server_at_ready_ || pending_ready_ > 0) && last_server_type_ != be::error_response) {
-          violated = true;
-          violation = Error::make(
-              sqlstate::connection_failure,
-              "the connection to PostgreSQL was lost while a statement was running", Severity::fatal,
-              "Retry the statement; if it keeps failing, check the PostgreSQL server log.");
-        }
-      }
-      break;
-    }
-    buf.resize(n);
-    last_activity_ = std::chrono::steady_clock::now();
-    bool ended_ready = false;
-    auto st = server_scanner_.scan(
-        Bytes(buf.data(), buf.size()), [](uint8_t type, uint32_t) { return type == be::ready_for_query; },
-        [&](uint8_t type, uint32_t, const Bytes* body) {
-          if (violated) return;
-          if (!backend_types[type]) {
-            violated = true;
-            violation = Error::protocol("invalid message type " + printable_type(type) + " from PostgreSQL");
-            return;
-          }
-          ended_ready = false;
-          last_server_type_ = type;
-          if (type == be::ready_for_query) {
-            if (body == nullptr || body->size() != 1) {
-              violated = true;
-              violation = Error::protocol("malformed ReadyForQuery from PostgreSQL");
-              return;
-            }
-            transaction_status_ = (*body)[0];
-            if (pending_ready_ > 0) --pending_ready_;
-            ended_ready = true;
-          }
-        });
-    if (!st) {
-      violated = true;
-      violation = st.error();
-    }
-    if (violated) break;
-    server_at_ready_ = ended_ready && server_scanner_.at_boundary();
-    // Fast path: when nothing is queued or being written to the client,
-    // ordering allows writing here directly; only what the socket does not
-    // take at once is handed to the writer.
-    if (!writer_busy_ && !to_client_->ready()) {
-      error_code wec;
-      size_t done = client_->try_write(asio::buffer(buf.data(), buf.size()), wec);
-      if (wec && wec != asio::error::would_block && wec != asio::error::try_again) break;
-      if (done == buf.size()) {
-        recycle(std::move(buf));
-        buf = Chunk{};
-      } else if (done > 0) {
-        buf.erase(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(done));
-      }
-    }
-    if (!buf.empty()) {
-      auto [sec] = co_await to_client_->async_send(error_code{}, std::move(buf), use_nothrow);
-      if (sec) co_return;  // the writer has gone: the client is lost
-    }
-    if (draining_ && idle() && transaction_status_ == 'I') {
-      co_await terminate_with(Error::make(sqlstate::admin_shutdown,
-                                          "terminating connection because pgcloak is shutting down",
-                                          Severity::fatal, "Reconnect in a moment."));
-    }
-  }
-  if (violated) {
-    log::warn("closing session: " + violation.message, id_);
-    Buffer e = encode_error(violation);
-    co_await to_client_->async_send(error_code{}, Chunk(e.begin(), e.end()), use_nothrow);
-  }
-  if (upstream_) upstream_->close();
-  // End of stream for the writer: it flushes what is queued, then closes.
-  co_await to_client_->async_send(error_code{}, Chunk{}, use_nothrow);
-}
-
-awaitable<void> Session::client_writer() {
-  bool end_of_stream = false;
-  for (;;) {
-    auto [ec, chunk] = co_await to_client_->async_receive(use_nothrow);
-    if (ec) break;
-    if (chunk.empty()) {
-      end_of_stream = true;
-      break;
-    }
-    writer_busy_ = true;
-    auto [wec, n] = co_await client_->write(asio::buffer(chunk));
-    writer_busy_ = false;
-    recycle(std::move(chunk));
-    if (wec) break;
-  }
-  if (end_of_stream && client_->is_tls()) {
-    // The reader still has a TLS read pending; a shutdown must not run
-    // beside it. Abort that read, wait for the reader to leave, then close.
-    closing_ = true;
-    client_->cancel();
-    while (!reader_done_) {
-      reader_done_event_.expires_after(std::chrono::seconds(5));
-      auto [wec] = co_await reader_done_event_.async_wait(use_nothrow);
-      if (!wec) break;  // timed out: give up on a clean close
-    }
-    if (reader_done_) co_await close_client_gracefully();
-  }
-  close_all();
+  RelayStart start;
+  start.session_id = id_;
+  start.client = client_->detach();
+  start.upstream = upstream_->detach();
+  start.from_client.assign(client_in_.view().begin(), client_in_.view().end());
+  client_in_ = Inbound{};
+  start.to_client = std::move(client_out_);
+  client_out_ = Buffer{};
+  start.max_message_size = config_->limits.max_message_size;
+  start.client_idle = config_->timeouts.client_idle;
+  start.draining = draining_ || server_.draining.load();
+  start.on_closed = [ex = executor_, done] {
+    asio::post(ex, [done] {
+      done->done = true;
+      done->timer.cancel();
+    });
+  };
+  relay_ = server_.relays.pick().adopt(std::move(start));
+  while (!done->done) co_await done->timer.async_wait(use_nothrow);
+  phase_ = Phase::closing;
+  closing_ = true;
+  log::info("session closed: user=" + identity_.user + " client=" + identity_.client_address, id_);
 }
 
 awaitable<void> Session::close_client_gracefully() {
@@ -888,63 +635,17 @@ awaitable<void> Session::close_client_gracefully() {
   co_await client_->tls_shutdown();
 }
 
-awaitable<void> Session::idle_watchdog() {
-  const auto limit = config_->timeouts.client_idle;
-  if (limit.count() == 0) co_return;
-  while (!closing_) {
-    const auto now = std::chrono::steady_clock::now();
-    if (now - last_activity_ >= limit) {
-      if (idle()) {
-        co_await terminate_with(
-            Error::make(sqlstate::idle_session_timeout, "terminating connection due to client idle timeout",
-                        Severity::fatal,
-                        "pgcloak closes sessions idle for longer than timeouts.client_idle (" +
-                            std::to_string(limit.count()) + " ms)."));
-        co_return;
-      }
-      // Busy: a statement is running, which is not idleness. Look again later.
-      idle_timer_.expires_after(limit);
-    } else {
-      idle_timer_.expires_at(last_activity_ + limit);
-    }
-    co_await idle_timer_.async_wait(use_nothrow);
-  }
-}
-
-awaitable<void> Session::terminate_with(Error reason) {
-  if (terminating_ || closing_) co_return;
-  terminating_ = true;
-  log::info("terminating session: " + reason.message, id_);
-  Buffer e = encode_error(reason);
-  co_await to_client_->async_send(error_code{}, Chunk(e.begin(), e.end()), use_nothrow);
-  if (upstream_ && !upstream_writing_ && client_scanner_.at_boundary() && !terminate_sent_) {
-    terminate_sent_ = true;
-    static constexpr uint8_t terminate_msg[] = {'X', 0, 0, 0, 4};
-    co_await write_upstream(Bytes(terminate_msg));
-  }
-  terminate_sent_ = true;
-  if (upstream_) upstream_->close();
-}
-
 void Session::drain() {
   draining_ = true;
-  if (phase_ == Phase::ready && idle() && transaction_status_ == 'I') {
-    terminate(Error::make(sqlstate::admin_shutdown, "terminating connection because pgcloak is shutting down",
-                          Severity::fatal, "Reconnect in a moment."));
-  }
+  if (relay_) relay_->drain();
 }
 
 void Session::terminate(Error reason) {
-  if (phase_ != Phase::ready || !to_client_) {
-    close_all();
+  if (relay_) {
+    relay_->terminate(std::move(reason));
     return;
   }
-  asio::co_spawn(
-      executor_,
-      [self = shared_from_this(), reason = std::move(reason)]() mutable -> awaitable<void> {
-        co_await self->terminate_with(std::move(reason));
-      },
-      asio::detached);
+  close_all();
 }
 
 }  // namespace pgcloak::proxy

@@ -1,9 +1,9 @@
 // One client connection, from the first byte to close. Phases are explicit
 // (conventions, point 7): startup (SSLRequest/GSSENCRequest/CancelRequest/
 // StartupMessage), tls, auth (relayed to PostgreSQL), ready (relaying), and
-// closing. During relaying there is one reader per direction and one writer
-// that owns the client-bound queue (conventions, point 8); the queue holds at
-// most a few chunks, so a client that reads slowly stops the server reader.
+// closing. Relaying itself runs in a relay loop (relay_loop.h), which keeps
+// one bounded output buffer per direction (conventions, point 8): a client
+// that reads slowly stops the reads from the server.
 #pragma once
 
 #include <chrono>
@@ -19,6 +19,7 @@
 #include "proxy/asio.h"
 #include "proxy/cancel_registry.h"
 #include "proxy/deadline.h"
+#include "proxy/relay_loop.h"
 #include "proxy/server_state.h"
 #include "proxy/stream.h"
 
@@ -40,29 +41,6 @@ struct SessionIdentity {
 };
 
 enum class Phase { startup, tls, auth, ready, closing };
-
-// Leaves new elements uninitialised on resize: relay chunks are resized to
-// their full capacity before every read, and zeroing 64 KiB per read showed
-// up as the largest user-space cost in profiles.
-template <class T>
-struct DefaultInitAllocator : std::allocator<T> {
-  template <class U>
-  struct rebind {  // NOLINT(readability-identifier-naming): allocator requirement
-    using other = DefaultInitAllocator<U>;
-  };
-  using std::allocator<T>::allocator;
-  template <class U>
-  void construct(U* p) noexcept {
-    ::new (static_cast<void*>(p)) U;
-  }
-  template <class U, class... Args>
-  void construct(U* p, Args&&... args) {
-    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
-  }
-};
-
-// A block of relayed bytes on its way to the client. Empty = end of stream.
-using Chunk = std::vector<uint8_t, DefaultInitAllocator<uint8_t>>;
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
@@ -98,17 +76,12 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<bool> connect_and_authenticate();
   awaitable<void> handle_cancel(const protocol::CancelRequest& request);
   awaitable<void> relay();
-  awaitable<void> pump_client_to_server();
-  awaitable<void> pump_server_to_client();
-  awaitable<void> client_writer();
-  awaitable<void> idle_watchdog();
-  awaitable<void> terminate_with(Error reason);
   awaitable<void> close_client_gracefully();
 
   // Reads until `in` holds one whole frame (startup-style when `startup`).
   awaitable<protocol::FrameResult> read_frame(Stream& stream, Inbound& in, bool startup, uint32_t max_length);
-  // The one way an error reaches the client: queued behind relayed output
-  // while relaying, written directly before that.
+  // The one way an error reaches the client before relaying; the relay
+  // loop has its own (queued behind relayed output).
   awaitable<void> send_error(const Error& error);
   awaitable<bool> flush_client();
   awaitable<bool> write_upstream(protocol::Bytes bytes);
@@ -116,10 +89,7 @@ class Session : public std::enable_shared_from_this<Session> {
     client_out_.insert(client_out_.end(), bytes.begin(), bytes.end());
   }
 
-  bool idle() const;
   void close_all();
-  Chunk take_chunk();
-  void recycle(Chunk&& c);
 
   ServerState& server_;
   std::shared_ptr<const rules::Config> config_;  // snapshot for this session's lifetime
@@ -141,28 +111,10 @@ class Session : public std::enable_shared_from_this<Session> {
   BackendKey client_key_;
   BackendKey upstream_key_;
 
-  // Relay state. All of it is touched only on this session's executor.
-  using ChunkChannel = asio::experimental::channel<void(error_code, Chunk)>;
-  std::unique_ptr<ChunkChannel> to_client_;
-  std::vector<Chunk> spare_chunks_;
-  protocol::FrameScanner client_scanner_;
-  protocol::FrameScanner server_scanner_;
-  // One ReadyForQuery answers each Query, Sync and FunctionCall; counting
-  // them tells whether PostgreSQL still owes the client a response.
-  uint64_t pending_ready_ = 0;
-  bool server_at_ready_ = false;
-  uint8_t transaction_status_ = 'I';
-  uint8_t last_server_type_ = 0;
-  bool upstream_writing_ = false;
-  bool terminate_sent_ = false;
   bool closing_ = false;
   bool draining_ = false;
-  bool terminating_ = false;
-  std::chrono::steady_clock::time_point last_activity_;
-  asio::steady_timer idle_timer_;
-  bool reader_done_ = false;  // the client-to-server pump has returned
-  bool writer_busy_ = false;  // the writer holds a chunk it has not finished writing
-  asio::steady_timer reader_done_event_;
+  // Set once relaying has started; the relay loop owns both connections then.
+  std::shared_ptr<RelayHandle> relay_;
 };
 
 }  // namespace pgcloak::proxy

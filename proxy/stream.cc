@@ -1,71 +1,175 @@
 #include "proxy/stream.h"
 
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include <cerrno>
+#include <climits>
 
 namespace pgcloak::proxy {
 
-// Not coroutines themselves: they hand back the underlying operation's
-// awaitable, which saves a coroutine frame and a resumption per I/O on the
-// relay path.
+awaitable<error_code> Stream::wait(asio::socket_base::wait_type what) {
+  if (auto* t = std::get_if<tcp::socket>(&socket_)) {
+    auto [ec] = co_await t->async_wait(what, use_nothrow);
+    co_return ec;
+  }
+  auto [ec] = co_await std::get<unix_stream::socket>(socket_).async_wait(what, use_nothrow);
+  co_return ec;
+}
+
+error_code ssl_error_code(SSL* ssl, int ret) {
+  const int saved_errno = errno;
+  const int e = SSL_get_error(ssl, ret);
+  switch (e) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE: return asio::error::would_block;
+    case SSL_ERROR_ZERO_RETURN: return asio::error::eof;  // close_notify: a clean end of the stream
+    case SSL_ERROR_SYSCALL: {
+      if (unsigned long err = ERR_get_error(); err != 0) {
+        ERR_clear_error();
+        return {static_cast<int>(err), asio::error::get_ssl_category()};
+      }
+      if (saved_errno != 0) return {saved_errno, asio::error::get_system_category()};
+      return asio::ssl::error::stream_truncated;
+    }
+    default: {
+      unsigned long err = ERR_get_error();
+      ERR_clear_error();
+      if (err == 0) return asio::ssl::error::unspecified_system_error;
+      return {static_cast<int>(err), asio::error::get_ssl_category()};
+    }
+  }
+}
+
+template <class Op>
+awaitable<std::tuple<error_code, int>> Stream::ssl_io(Op op) {
+  for (;;) {
+    ERR_clear_error();
+    errno = 0;
+    const int r = op(ssl_.get());
+    if (r > 0) co_return std::tuple{error_code{}, r};
+    const int e = SSL_get_error(ssl_.get(), r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+      error_code wec = co_await wait(e == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read
+                                                              : asio::socket_base::wait_write);
+      if (wec) co_return std::tuple{wec, 0};
+      continue;
+    }
+    co_return std::tuple{ssl_error_code(ssl_.get(), r), 0};
+  }
+}
+
 awaitable<std::tuple<error_code, size_t>> Stream::read_some(asio::mutable_buffer buffer) {
-  if (tls_) return tls_->async_read_some(buffer, use_nothrow);
-  if (auto* t = std::get_if<tcp::socket>(&socket_)) return t->async_read_some(buffer, use_nothrow);
-  return std::get<unix_stream::socket>(socket_).async_read_some(buffer, use_nothrow);
+  if (ssl_) {
+    const int want = static_cast<int>(std::min<size_t>(buffer.size(), INT_MAX));
+    auto [ec, n] = co_await ssl_io([&](SSL* s) { return SSL_read(s, buffer.data(), want); });
+    co_return std::tuple{ec, static_cast<size_t>(n)};
+  }
+  if (auto* t = std::get_if<tcp::socket>(&socket_))
+    co_return co_await t->async_read_some(buffer, use_nothrow);
+  co_return co_await std::get<unix_stream::socket>(socket_).async_read_some(buffer, use_nothrow);
 }
 
 awaitable<std::tuple<error_code, size_t>> Stream::write(asio::const_buffer buffer) {
-  if (tls_) return asio::async_write(*tls_, buffer, use_nothrow);
-  if (auto* t = std::get_if<tcp::socket>(&socket_)) return asio::async_write(*t, buffer, use_nothrow);
-  return asio::async_write(std::get<unix_stream::socket>(socket_), buffer, use_nothrow);
-}
-
-void Stream::enable_try_write() {
-  if (tls_) return;
-  error_code ec;
-  std::visit([&](auto& s) { s.non_blocking(true, ec); }, socket_);
-  try_write_ok_ = !ec;
-}
-
-size_t Stream::try_write(asio::const_buffer buffer, error_code& ec) {
-  if (!try_write_ok_) {
-    ec = asio::error::would_block;
-    return 0;
+  if (ssl_) {
+    const auto* p = static_cast<const uint8_t*>(buffer.data());
+    size_t done = 0;
+    while (done < buffer.size()) {
+      const int chunk = static_cast<int>(std::min<size_t>(buffer.size() - done, INT_MAX));
+      auto [ec, n] = co_await ssl_io([&](SSL* s) { return SSL_write(s, p + done, chunk); });
+      if (ec) co_return std::tuple{ec, done};
+      done += static_cast<size_t>(n);
+    }
+    co_return std::tuple{error_code{}, done};
   }
-  return std::visit([&](auto& s) { return s.write_some(buffer, ec); }, socket_);
+  if (auto* t = std::get_if<tcp::socket>(&socket_))
+    co_return co_await asio::async_write(*t, buffer, use_nothrow);
+  co_return co_await asio::async_write(std::get<unix_stream::socket>(socket_), buffer, use_nothrow);
+}
+
+error_code Stream::start_tls(ssl::context& context) {
+  auto* t = std::get_if<tcp::socket>(&socket_);
+  if (t == nullptr) return asio::error::operation_not_supported;
+  error_code ec;
+  t->native_non_blocking(true, ec);
+  if (ec) return ec;
+  ssl_.reset(SSL_new(context.native_handle()));
+  if (!ssl_ || SSL_set_fd(ssl_.get(), static_cast<int>(t->native_handle())) != 1) {
+    ssl_.reset();
+    return asio::error::no_memory;
+  }
+  // Partial writes let the relay loop hand OpenSSL whatever it has; read
+  // ahead lets one recv(2) bring in several records.
+  SSL_set_mode(ssl_.get(), SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_set_read_ahead(ssl_.get(), 1);
+  return {};
+}
+
+awaitable<error_code> Stream::tls_handshake() {
+  auto [ec, r] = co_await ssl_io([](SSL* s) { return SSL_do_handshake(s); });
+  co_return ec;
 }
 
 awaitable<error_code> Stream::tls_accept(ssl::context& context) {
-  auto* t = std::get_if<tcp::socket>(&socket_);
-  if (t == nullptr) co_return asio::error::operation_not_supported;
-  tls_ = std::make_unique<ssl::stream<tcp::socket&>>(*t, context);
-  auto [ec] = co_await tls_->async_handshake(ssl::stream_base::server, use_nothrow);
-  co_return ec;
+  if (error_code ec = start_tls(context)) co_return ec;
+  SSL_set_accept_state(ssl_.get());
+  co_return co_await tls_handshake();
 }
 
 awaitable<error_code> Stream::tls_connect(ssl::context& context, const std::string& sni_host,
                                           const std::string& verify_host) {
-  auto* t = std::get_if<tcp::socket>(&socket_);
-  if (t == nullptr) co_return asio::error::operation_not_supported;
-  tls_ = std::make_unique<ssl::stream<tcp::socket&>>(*t, context);
-  if (!sni_host.empty()) SSL_set_tlsext_host_name(tls_->native_handle(), sni_host.c_str());
+  if (error_code ec = start_tls(context)) co_return ec;
+  SSL* s = ssl_.get();
+  SSL_set_connect_state(s);
+  if (!sni_host.empty()) SSL_set_tlsext_host_name(s, sni_host.c_str());
   if (!verify_host.empty()) {
-    tls_->set_verify_mode(ssl::verify_peer);
-    tls_->set_verify_callback(ssl::host_name_verification(verify_host));
+    // verify-full: the chain against sslrootcert (set on the context) and
+    // the name against the host, an IP address matching an iPAddress SAN.
+    SSL_set_verify(s, SSL_VERIFY_PEER, nullptr);
+    X509_VERIFY_PARAM* param = SSL_get0_param(s);
+    error_code aec;
+    asio::ip::make_address(verify_host, aec);
+    if (!aec) {
+      X509_VERIFY_PARAM_set1_ip_asc(param, verify_host.c_str());
+    } else {
+      X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+      SSL_set1_host(s, verify_host.c_str());
+    }
   }
-  auto [ec] = co_await tls_->async_handshake(ssl::stream_base::client, use_nothrow);
-  co_return ec;
+  co_return co_await tls_handshake();
 }
 
 awaitable<void> Stream::tls_shutdown() {
-  if (!tls_) co_return;
-  co_await tls_->async_shutdown(use_nothrow);
+  if (!ssl_) co_return;
+  // SSL_shutdown returns 0 once our close_notify is sent; like PostgreSQL we
+  // do not wait for the peer's.
+  co_await ssl_io([](SSL* s) {
+    const int r = SSL_shutdown(s);
+    return r >= 0 ? 1 : r;
+  });
+}
+
+DetachedStream Stream::detach() {
+  DetachedStream d;
+  d.is_unix = is_unix();
+  d.ssl = std::move(ssl_);
+  std::visit(
+      [&](auto& s) {
+        error_code ec;
+        s.native_non_blocking(true, ec);
+        if (!ec) d.fd = static_cast<int>(s.release(ec));
+        if (ec) d.fd = -1;
+      },
+      socket_);
+  return d;
 }
 
 TlsInfo Stream::tls_info() const {
   TlsInfo info;
-  if (!tls_) return info;
-  SSL* ssl = tls_->native_handle();
+  if (!ssl_) return info;
+  SSL* ssl = ssl_.get();
   info.version = SSL_get_version(ssl);
   info.cipher = SSL_get_cipher_name(ssl);
   if (X509* cert = SSL_get_peer_certificate(ssl)) {

@@ -1,10 +1,16 @@
 // A byte stream to a client or to PostgreSQL: TCP or a Unix socket, with TLS
-// layered on after the SSLRequest exchange. The session code reads and writes
-// through this one type whatever the transport is.
+// layered on after the SSLRequest exchange. Session start-up (negotiation and
+// authentication) reads and writes through this type with coroutines; once a
+// session relays, detach() hands the descriptor and its TLS state to a relay
+// loop (relay_loop.h), which drives them without Asio.
 //
-// A Stream is not movable once TLS has started (the SSL layer refers to the
-// socket), so sessions hold them by unique_ptr.
+// TLS is OpenSSL on the socket itself (SSL_set_fd), not Asio's ssl::stream:
+// the relay loop must be able to continue the very same TLS session with
+// plain non-blocking SSL_read/SSL_write, which Asio's memory-BIO engine does
+// not allow.
 #pragma once
+
+#include <openssl/ssl.h>
 
 #include <memory>
 #include <optional>
@@ -21,6 +27,19 @@ struct TlsInfo {
   std::string client_cert_subject;  // empty without a client certificate
 };
 
+struct SslDeleter {
+  void operator()(SSL* ssl) const { SSL_free(ssl); }
+};
+using SslPtr = std::unique_ptr<SSL, SslDeleter>;
+
+// What a relay loop takes over: an open non-blocking descriptor and, when
+// TLS is up, the SSL object bound to it. Whoever holds it closes both.
+struct DetachedStream {
+  int fd = -1;
+  SslPtr ssl;
+  bool is_unix = false;
+};
+
 class Stream {
  public:
   explicit Stream(tcp::socket socket) : socket_(std::move(socket)) {}
@@ -29,27 +48,25 @@ class Stream {
   Stream& operator=(const Stream&) = delete;
 
   awaitable<std::tuple<error_code, size_t>> read_some(asio::mutable_buffer buffer);
+  // Writes all of buffer (or fails).
   awaitable<std::tuple<error_code, size_t>> write(asio::const_buffer buffer);
-  // Relaying is mostly small messages that fit in the socket buffer. For a
-  // plain socket, try_write() hands them to send(2) directly: no completion
-  // is posted and no coroutine suspends, so one incoming message costs one
-  // pass of the event loop instead of three. Returns the bytes taken (0 with
-  // would_block when the kernel takes nothing, or always 0 under TLS, whose
-  // records must go through the asynchronous path).
-  size_t try_write(asio::const_buffer buffer, error_code& ec);
-  // Puts a plain socket into non-blocking mode so try_write() never blocks.
-  void enable_try_write();
 
   // Server side: the client sent SSLRequest and we answered 'S'.
   awaitable<error_code> tls_accept(ssl::context& context);
-  // Client side towards PostgreSQL; verify_host empty = no host verification.
+  // Client side towards PostgreSQL; verify_host empty = no host verification
+  // (sslmode prefer/require).
   awaitable<error_code> tls_connect(ssl::context& context, const std::string& sni_host,
                                     const std::string& verify_host);
   // Sends close_notify when TLS is up; bounded by the caller's deadline.
   awaitable<void> tls_shutdown();
 
-  bool is_tls() const { return tls_ != nullptr; }
+  // Gives up the descriptor (and TLS state) for relaying. Nothing may be
+  // pending on the stream; it is unusable afterwards.
+  DetachedStream detach();
+
+  bool is_tls() const { return ssl_ != nullptr; }
   bool is_unix() const { return std::holds_alternative<unix_stream::socket>(socket_); }
+  SSL* ssl() const { return ssl_.get(); }
   TlsInfo tls_info() const;
   std::string peer_address() const;  // "ip:port", or "unix" for Unix sockets
   std::string peer_ip() const;       // "ip" only, "local" for Unix sockets
@@ -63,9 +80,21 @@ class Stream {
   void set_nodelay();
 
  private:
+  awaitable<error_code> wait(asio::socket_base::wait_type what);
+  // Runs an SSL call until it completes, waiting for readability or
+  // writability as OpenSSL asks. Returns the call's positive result or an
+  // error (eof for a clean TLS close).
+  template <class Op>
+  awaitable<std::tuple<error_code, int>> ssl_io(Op op);
+  awaitable<error_code> tls_handshake();
+  error_code start_tls(ssl::context& context);
+
   std::variant<tcp::socket, unix_stream::socket> socket_;
-  std::unique_ptr<ssl::stream<tcp::socket&>> tls_;
-  bool try_write_ok_ = false;
+  SslPtr ssl_;
 };
+
+// Maps a failed SSL_* call (its return value) to an error_code, consuming
+// OpenSSL's error queue. want_read/want_write are reported as would_block.
+error_code ssl_error_code(SSL* ssl, int ret);
 
 }  // namespace pgcloak::proxy

@@ -1,0 +1,117 @@
+// The relay phase of every session, driven by a small edge-triggered epoll
+// loop per relay thread instead of by Asio.
+//
+// Why not Asio here: relaying a pgbench-style transaction is four socket
+// operations (client recv, server send, server recv, client send). Asio's
+// reactor always retries a recv speculatively after one succeeds, so every
+// message costs an extra recv(2) that fails with EAGAIN, and its scheduler
+// adds epoll_wait(0) passes between handlers; measured, that was 6.3 system
+// calls per transaction against PgBouncer's 4.2, and system calls dominate a
+// proxy's cost. Here a short read on a stream socket means the kernel queue
+// was empty, so the loop waits for the next edge instead of asking again,
+// and EPOLLOUT is only requested while a write is blocked.
+//
+// Start-up and authentication stay with Asio coroutines (session.cc); once a
+// session is authenticated it detaches both descriptors (and TLS state) and
+// adopts them here. Each connection is then touched only by its loop's
+// thread; other threads reach it through RelayHandle, which posts.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "protocol/error.h"
+#include "protocol/result.h"
+#include "protocol/wire.h"
+#include "proxy/stream.h"
+
+namespace pgcloak::proxy {
+
+class RelayLoop;
+class RelayConnection;
+
+// Everything a session hands over when it starts relaying.
+struct RelayStart {
+  uint64_t session_id = 0;
+  DetachedStream client;
+  DetachedStream upstream;
+  protocol::Buffer from_client;  // client bytes read during start-up but not yet forwarded
+  protocol::Buffer to_client;    // bytes owed to the client (the start-up tail)
+  uint32_t max_message_size = 0;
+  std::chrono::milliseconds client_idle{0};  // 0 = no idle timeout
+  bool draining = false;
+  // Called on the loop thread once both descriptors are closed.
+  std::function<void()> on_closed;
+};
+
+// Thread-safe way to act on a relaying connection from elsewhere.
+class RelayHandle {
+ public:
+  RelayHandle(RelayLoop& loop, std::weak_ptr<RelayConnection> conn) : loop_(loop), conn_(std::move(conn)) {}
+  // End the session as soon as it is idle (no statement or transaction open).
+  void drain();
+  // End it now, telling the client why.
+  void terminate(Error reason);
+
+ private:
+  RelayLoop& loop_;
+  std::weak_ptr<RelayConnection> conn_;
+};
+
+class RelayLoop {
+ public:
+  RelayLoop();
+  ~RelayLoop();
+  RelayLoop(const RelayLoop&) = delete;
+  RelayLoop& operator=(const RelayLoop&) = delete;
+
+  Status start();
+  // Closes whatever is still relaying and joins the thread.
+  void stop();
+
+  // Thread-safe.
+  std::shared_ptr<RelayHandle> adopt(RelayStart start);
+  void post(std::function<void()> task);
+  size_t size() const { return count_.load(std::memory_order_relaxed); }
+
+ private:
+  friend class RelayConnection;
+  void run();
+  void run_posted();
+  void tick(std::chrono::steady_clock::time_point now);
+  void retire(RelayConnection* conn);
+
+  int epoll_fd_ = -1;
+  int event_fd_ = -1;
+  std::thread thread_;
+  std::mutex mu_;
+  std::vector<std::function<void()>> posted_;
+  bool stopping_ = false;
+  std::atomic<size_t> count_{0};
+
+  // Loop-thread state.
+  std::vector<std::shared_ptr<RelayConnection>> conns_;
+  std::vector<RelayConnection*> again_;  // hit their per-pass budget; continue next pass
+  std::vector<std::shared_ptr<RelayConnection>> retired_;
+  protocol::Buffer rx_;  // one receive buffer per loop: data is processed before the next read
+  std::chrono::steady_clock::time_point next_tick_{};
+};
+
+// N loops, one thread each; sessions go to the loop with the fewest.
+class RelayPool {
+ public:
+  Status start(unsigned loops);
+  void stop();
+  RelayLoop& pick();
+
+ private:
+  std::vector<std::unique_ptr<RelayLoop>> loops_;
+};
+
+}  // namespace pgcloak::proxy
