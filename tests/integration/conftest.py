@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import certs as certs_mod  # noqa: E402
 from pgcluster import PASSWORDS, Cluster, make_cluster  # noqa: E402
 from proxy import Pgcloak, deep_merge, default_config, pgcloak_bin  # noqa: E402
+from shop import Shop, load_shop  # noqa: E402
 from util import IS_ROOT  # noqa: E402
 
 # Clients in these tests must not pick up anything from the environment:
@@ -63,6 +64,14 @@ def pg(workroot, certs) -> Cluster:
         raise
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def shop(pg) -> Shop:
+    """The shared shop fixture (deploy/fixture/shop.sql, scale 1) in database
+    `shop` of the session cluster, loaded once. Connection info and the demo
+    logins' passwords: see shop.py."""
+    return load_shop(pg, "shop", scale=1)
 
 
 @pytest.fixture
