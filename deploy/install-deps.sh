@@ -9,7 +9,7 @@ PKGS=(
   build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
   clang-format clang-tidy
   # libraries (Boost 1.81: 1.74 lacks asio::as_tuple)
-  libboost1.81-dev libssl-dev libpq-dev libpg-query-dev prometheus-cpp-dev
+  libboost1.81-dev libssl-dev libpq-dev libpg-query-dev libprotobuf-c-dev prometheus-cpp-dev
   libyaml-cpp-dev googletest libgtest-dev libgmock-dev libbenchmark-dev
   # runtime peers for tests, demo and benchmarks
   postgresql-15 postgresql-client-15 pgbouncer openssl procps iproute2

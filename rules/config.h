@@ -11,6 +11,7 @@
 
 #include "protocol/framing.h"
 #include "protocol/result.h"
+#include "rules/masking_config.h"
 
 namespace pgcloak::rules {
 
@@ -63,6 +64,31 @@ struct LogConfig {
   LogLevel level = LogLevel::info;
 };
 
+// Who authenticates clients (README, "auth").
+enum class AuthMode {
+  passthrough,  // PostgreSQL authenticates; pgcloak relays the exchange
+  scram,        // pgcloak terminates SCRAM-SHA-256 with verifiers from auth_query
+};
+
+struct AuthConfig {
+  AuthMode mode = AuthMode::passthrough;
+  // Run on the catalog connection with the login name as $1; returns
+  // (usename, passwd) with passwd a pg_authid.rolpassword.
+  std::string auth_query = "SELECT usename, passwd FROM pgcloak.get_auth($1)";
+  std::string auth_dbname;       // empty = the client's database
+  Duration verifier_cache_ttl{60000};  // 0 = every login fetches
+};
+
+// pgcloak's own side connection to PostgreSQL (auth lookups, later the
+// masking catalog). Host, port and TLS come from upstream.
+struct CatalogConfig {
+  std::string user = "pgcloak";
+  // The effective password: catalog.password, or the first line of
+  // catalog.password_file (read when the configuration is loaded).
+  std::string password;
+  std::string password_file;
+};
+
 struct Config {
   std::vector<ListenAddress> listen{{"127.0.0.1", 6432}};
   std::string unix_socket_dir;
@@ -73,6 +99,9 @@ struct Config {
   Timeouts timeouts;
   Limits limits;
   LogConfig log;
+  MaskingConfig masking;
+  AuthConfig auth;
+  CatalogConfig catalog;
 };
 
 // One problem found in a config file, with a 1-based position.
@@ -94,6 +123,8 @@ struct ConfigLoad {
 // types and out-of-range values all become issues, so --check-config can list
 // every problem at once.
 ConfigLoad parse_config(std::string_view yaml_text);
+// The same, with the masking key read through `secrets` (tests inject one).
+ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets);
 ConfigLoad load_config_file(const std::string& path);
 
 // "250ms", "10s", "5m", "1h", or a bare integer of milliseconds.

@@ -4,12 +4,14 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <sstream>
 
 #include "rules/config.h"
+#include "rules/mask_sql.h"
 
 namespace pgcloak::rules {
 
@@ -88,6 +90,144 @@ Result<uint64_t> parse_size(std::string_view text) {
     return Error::make(sqlstate::config_file_error, "size \"" + std::string(text) + "\" is too large");
   }
   return n * it->second;
+}
+
+// --- masking: model helpers (rules/masking_config.h) --------------------------
+
+const std::vector<std::string_view>& builtin_mask_categories() {
+  static const std::vector<std::string_view> names{"email",       "phone",   "national_id", "card_number",
+                                                   "person_name", "address", "birth_date",  "free_text"};
+  return names;
+}
+
+std::string QualifiedColumn::quoted() const {
+  return quote_ident(schema) + "." + quote_ident(table) + "." + quote_ident(column);
+}
+
+// PostgreSQL's identifier rules (docs, "Identifiers and Key Words"): unquoted
+// names are letters, digits, _ and $ (not first), folded to lower case;
+// "quoted" names are kept as written with "" standing for ". Non-ASCII bytes
+// count as letters and are not folded, as in a UTF-8 database.
+std::optional<std::vector<std::string>> parse_qualified_name(std::string_view text, size_t parts,
+                                                             std::string& why) {
+  constexpr size_t max_identifier_bytes = 63;  // NAMEDATALEN - 1
+  std::vector<std::string> out;
+  size_t i = 0;
+  for (;;) {
+    std::string part;
+    if (i < text.size() && text[i] == '"') {
+      ++i;
+      bool closed = false;
+      while (i < text.size()) {
+        if (text[i] == '"') {
+          if (i + 1 < text.size() && text[i + 1] == '"') {
+            part += '"';
+            i += 2;
+            continue;
+          }
+          closed = true;
+          ++i;
+          break;
+        }
+        part += text[i++];
+      }
+      if (!closed) {
+        why = "unterminated quoted identifier";
+        return std::nullopt;
+      }
+      if (part.empty()) {
+        why = "zero-length quoted identifier";
+        return std::nullopt;
+      }
+      if (part.find('\0') != std::string::npos) {
+        why = "identifier contains a NUL character";
+        return std::nullopt;
+      }
+    } else {
+      auto letter = [](unsigned char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
+      };
+      auto follow = [&](unsigned char c) { return letter(c) || (c >= '0' && c <= '9') || c == '$'; };
+      if (i >= text.size() || !letter(static_cast<unsigned char>(text[i]))) {
+        why = "expected an identifier at \"" + std::string(text.substr(i)) + "\"";
+        return std::nullopt;
+      }
+      while (i < text.size() && follow(static_cast<unsigned char>(text[i]))) {
+        char c = text[i++];
+        part += (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+      }
+    }
+    if (part.size() > max_identifier_bytes) {
+      why = "identifier \"" + part + "\" is longer than 63 bytes";
+      return std::nullopt;
+    }
+    out.push_back(std::move(part));
+    if (i == text.size()) break;
+    if (text[i] != '.') {
+      why = "unexpected \"" + std::string(text.substr(i)) +
+            "\" (write \"Quoted\" identifiers for other characters)";
+      return std::nullopt;
+    }
+    ++i;
+  }
+  if (out.size() != parts) {
+    why = "expected " + std::to_string(parts) + " dot-separated parts, found " + std::to_string(out.size());
+    return std::nullopt;
+  }
+  return out;
+}
+
+std::optional<QualifiedColumn> parse_qualified_column(std::string_view text, std::string& why) {
+  auto parts = parse_qualified_name(text, 3, why);
+  if (!parts) return std::nullopt;
+  return QualifiedColumn{(*parts)[0], (*parts)[1], (*parts)[2]};
+}
+
+MaskSpec MaskPolicy::spec_for(const QualifiedColumn& column, std::string_view category) const {
+  MaskSpec spec = default_spec;
+  if (auto it = column_rules.find(column); it != column_rules.end()) {
+    spec = it->second;
+  } else if (auto ct = category_rules.find(std::string(category)); ct != category_rules.end()) {
+    spec = ct->second;
+  }
+  if (spec.kind == MaskKind::pseudonym && !spec.pseudonym_kind) {
+    spec.pseudonym_kind = category == "email" ? PseudonymKind::email : PseudonymKind::name;
+  }
+  return spec;
+}
+
+const ProtectedColumn* MaskingConfig::find_protected(const QualifiedColumn& column) const {
+  for (const auto& p : protected_columns) {
+    if (p.column == column) return &p;
+  }
+  return nullptr;
+}
+
+const MaskPolicy& MaskingConfig::policy_for(
+    const std::function<bool(std::string_view role)>& is_member) const {
+  for (const auto& p : policies) {
+    for (const auto& r : p.roles) {
+      if (is_member(r)) return p;
+    }
+  }
+  return default_policy;
+}
+
+SecretSources system_secret_sources() {
+  SecretSources s;
+  s.read_file = [](const std::string& path) -> std::optional<std::string> {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) return std::nullopt;
+    std::ostringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  };
+  s.get_env = [](const std::string& name) -> std::optional<std::string> {
+    const char* v = std::getenv(name.c_str());
+    if (v == nullptr) return std::nullopt;
+    return std::string(v);
+  };
+  return s;
 }
 
 namespace {
@@ -245,9 +385,552 @@ void check_readable(Walker& w, const YAML::Node& at, const std::string& path, st
   if (!f) w.issue(at, std::string(name) + ": cannot read \"" + path + "\"");
 }
 
+// --- masking: parsing -----------------------------------------------------------
+
+// Checks that need the whole section (keys may come in any order), run after
+// the walk.
+struct MaskingParse {
+  YAML::Node section;
+  YAML::Node key_file_at;
+  YAML::Node key_env_at;
+  std::vector<YAML::Node> keyed_rules;                              // hash / pseudonym
+  std::vector<std::pair<YAML::Node, std::string>> category_refs;    // must be known
+  std::vector<std::pair<YAML::Node, QualifiedColumn>> column_refs;  // must be protected
+  std::vector<std::pair<YAML::Node, std::string>> customs;          // templates to validate
+};
+
+size_t utf8_length(std::string_view s) {
+  return static_cast<size_t>(std::count_if(
+      s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+}
+
+bool valid_category_name(std::string_view s) {
+  if (s.empty() || !(s[0] >= 'a' && s[0] <= 'z')) return false;
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'; });
+}
+
+// A rule value: "email", "allow", ... or {mask: partial, keep_first: 1, ...}.
+bool parse_mask_spec(Walker& w, const YAML::Node& n, const std::string& where, MaskSpec& out,
+                     MaskingParse& mp) {
+  if (!n.IsScalar() && !n.IsMap() && !n.IsNull()) {
+    w.issue(n, where + " must be a mask name or a mapping with a \"mask\" key");
+    return false;
+  }
+  if (n.IsMap() && !n["mask"]) {
+    w.issue(n, where + ": a mapping needs a \"mask\" key");
+    return false;
+  }
+  // Constructed once: assigning to a yaml-cpp Node rewrites the node it
+  // refers to.
+  const YAML::Node name_at = n.IsMap() ? n["mask"] : n;
+  std::string name;
+  if (name_at.IsNull()) {
+    name = "null";  // YAML reads an unquoted null (or ~) as a null, not as a string
+  } else if (!w.scalar(name_at, where + ".mask", name)) {
+    return false;
+  }
+  auto kind = mask_kind_from_string(name);
+  if (!kind) {
+    std::string known;
+    for (auto k : {MaskKind::allow, MaskKind::deny, MaskKind::redact, MaskKind::null, MaskKind::partial,
+                   MaskKind::email, MaskKind::last4, MaskKind::hash, MaskKind::pseudonym,
+                   MaskKind::generalize, MaskKind::redact_patterns, MaskKind::custom}) {
+      known += (known.empty() ? "" : ", ") + std::string(to_string(k));
+    }
+    w.issue(name_at, where + ": unknown mask \"" + name + "\" (known masks: " + known + ")");
+    return false;
+  }
+  MaskSpec spec = MaskSpec::of(*kind);
+  if (*kind == MaskKind::hash || *kind == MaskKind::pseudonym) mp.keyed_rules.push_back(n);
+  const std::string m = where + " (" + name + ")";
+  std::vector<std::pair<std::string_view, Walker::Handler>> keys{{"mask", [](const YAML::Node&) {}}};
+  switch (*kind) {
+    case MaskKind::partial:
+      keys.push_back({"keep_first", [&](const YAML::Node& v) {
+                        w.integer(v, m + ".keep_first", spec.keep_first, 0, max_partial_keep);
+                      }});
+      keys.push_back({"keep_last", [&](const YAML::Node& v) {
+                        w.integer(v, m + ".keep_last", spec.keep_last, 0, max_partial_keep);
+                      }});
+      keys.push_back({"fill", [&](const YAML::Node& v) {
+                        std::string f;
+                        if (!w.scalar(v, m + ".fill", f)) return;
+                        if (utf8_length(f) != 1 || f[0] == '\0') {
+                          w.issue(v, m + ".fill must be exactly one character, not \"" + f + "\"");
+                          return;
+                        }
+                        spec.fill = f;
+                      }});
+      break;
+    case MaskKind::hash:
+      keys.push_back({"length", [&](const YAML::Node& v) {
+                        w.integer(v, m + ".length", spec.length, 1, max_hash_length);
+                      }});
+      break;
+    case MaskKind::pseudonym:
+      keys.push_back({"kind", [&](const YAML::Node& v) {
+                        PseudonymKind k = PseudonymKind::name;
+                        std::string s;
+                        if (!w.scalar(v, m + ".kind", s)) return;
+                        w.enumeration(v, m + ".kind", k,
+                                      {{"name", PseudonymKind::name},
+                                       {"first_name", PseudonymKind::first_name},
+                                       {"last_name", PseudonymKind::last_name},
+                                       {"email", PseudonymKind::email}});
+                        spec.pseudonym_kind = k;
+                      }});
+      break;
+    case MaskKind::generalize:
+      keys.push_back({"to", [&](const YAML::Node& v) {
+                        DatePart p = DatePart::year;
+                        std::string s;
+                        if (!w.scalar(v, m + ".to", s)) return;
+                        if (s != "year" && s != "month" && s != "day") {
+                          w.issue(v, m + ".to must be one of year, month, day, not \"" + s + "\"");
+                          return;
+                        }
+                        w.enumeration(
+                            v, m + ".to", p,
+                            {{"year", DatePart::year}, {"month", DatePart::month}, {"day", DatePart::day}});
+                        spec.to = p;
+                      }});
+      keys.push_back(
+          {"bucket", [&](const YAML::Node& v) {
+             uint64_t b = 0;
+             std::string s;
+             if (!w.scalar(v, m + ".bucket", s)) return;
+             auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), b);
+             if (ec != std::errc{} || ptr != s.data() + s.size() || b == 0 || b > 1000000000000000000ULL) {
+               w.issue(v, m + ".bucket must be a positive whole number (at most 10^18), not \"" + s + "\"");
+               return;
+             }
+             spec.bucket = b;
+           }});
+      break;
+    case MaskKind::redact:
+      keys.push_back({"value", [&](const YAML::Node& v) {
+                        std::string s;
+                        if (!w.scalar(v, m + ".value", s)) return;
+                        if (s.find('\0') != std::string::npos) {
+                          w.issue(v, m + ".value must not contain NUL characters");
+                          return;
+                        }
+                        spec.value = s;
+                      }});
+      break;
+    case MaskKind::custom:
+      keys.push_back({"expression", [&](const YAML::Node& v) {
+                        if (w.scalar(v, m + ".expression", spec.expression))
+                          mp.customs.emplace_back(v, spec.expression);
+                      }});
+      break;
+    default: break;
+  }
+  if (n.IsMap()) w.mapping(n, m, keys);
+  if (*kind == MaskKind::generalize) {
+    if (spec.to && spec.bucket) {
+      w.issue(n, m + ": give either \"to\" (dates, timestamps) or \"bucket\" (numbers), not both");
+    } else if (!n.IsMap() || (!n["to"] && !n["bucket"])) {
+      w.issue(n, m + " needs \"to\" (year, month or day) for dates and timestamps, or a positive \"bucket\" "
+                     "for numbers, e.g. {mask: generalize, to: year}");
+    }
+  }
+  if (*kind == MaskKind::custom && spec.expression.empty() && (!n.IsMap() || !n["expression"])) {
+    w.issue(
+        n, m + " needs an \"expression\" using {value}, e.g. {mask: custom, expression: \"upper({value})\"}");
+  }
+  out = std::move(spec);
+  return true;
+}
+
+// default: + rules: of a policy (or of default_policy).
+void parse_policy_body(Walker& w, const std::string& where, MaskPolicy& p, MaskingParse& mp,
+                       std::vector<std::pair<std::string_view, Walker::Handler>>& keys) {
+  keys.push_back({"default", [&](const YAML::Node& v) {
+                    MaskSpec s;
+                    if (parse_mask_spec(w, v, where + ".default", s, mp)) p.default_spec = s;
+                  }});
+  keys.push_back({"rules", [&](const YAML::Node& v) {
+                    if (!v.IsMap()) {
+                      if (!v.IsNull())
+                        w.issue(v, where + ".rules must be a mapping of category or column to mask");
+                      return;
+                    }
+                    for (auto it = v.begin(); it != v.end(); ++it) {
+                      std::string key;
+                      if (!w.scalar(it->first, where + ".rules key", key)) continue;
+                      MaskSpec s;
+                      if (!parse_mask_spec(w, it->second, where + ".rules." + key, s, mp)) continue;
+                      if (key.find('.') != std::string::npos || key.find('"') != std::string::npos) {
+                        std::string why;
+                        auto col = parse_qualified_column(key, why);
+                        if (!col) {
+                          w.issue(it->first, where + ".rules: invalid column \"" + key + "\": " + why);
+                          continue;
+                        }
+                        if (p.column_rules.count(*col)) {
+                          w.issue(it->first, where + ".rules: column \"" + key + "\" is listed twice");
+                          continue;
+                        }
+                        mp.column_refs.emplace_back(it->first, *col);
+                        p.column_rules[*col] = s;
+                      } else {
+                        if (p.category_rules.count(key)) {
+                          w.issue(it->first, where + ".rules: category \"" + key + "\" is listed twice");
+                          continue;
+                        }
+                        mp.category_refs.emplace_back(it->first, key);
+                        p.category_rules[key] = s;
+                      }
+                    }
+                  }});
+}
+
+void parse_masking(Walker& w, const YAML::Node& n, MaskingConfig& mc, MaskingParse& mp) {
+  mp.section = n;
+  w.mapping(
+      n, "masking",
+      {
+          {"hash_key_file",
+           [&](const YAML::Node& v) {
+             mp.key_file_at = v;
+             w.string(v, "masking.hash_key_file", mc.hash_key_file);
+           }},
+          {"hash_key_env",
+           [&](const YAML::Node& v) {
+             mp.key_env_at = v;
+             w.string(v, "masking.hash_key_env", mc.hash_key_env);
+           }},
+          {"categories",
+           [&](const YAML::Node& v) {
+             if (!v.IsSequence()) {
+               w.issue(v, "masking.categories must be a list of names");
+               return;
+             }
+             for (const auto& e : v) {
+               std::string s;
+               if (!w.scalar(e, "masking.categories entry", s)) continue;
+               const auto& builtin = builtin_mask_categories();
+               if (!valid_category_name(s)) {
+                 w.issue(e, "masking.categories: \"" + s +
+                                "\" is not a valid category name (lower case letters, "
+                                "digits and _, starting with a letter)");
+               } else if (std::find(builtin.begin(), builtin.end(), s) != builtin.end()) {
+                 w.issue(e,
+                         "masking.categories: \"" + s + "\" is a built-in category and needs no declaration");
+               } else if (std::find(mc.categories.begin(), mc.categories.end(), s) != mc.categories.end()) {
+                 w.issue(e, "masking.categories: \"" + s + "\" is declared twice");
+               } else {
+                 mc.categories.push_back(s);
+               }
+             }
+           }},
+          {"protected_columns",
+           [&](const YAML::Node& v) {
+             if (!v.IsSequence()) {
+               w.issue(v, "masking.protected_columns must be a list of {column, category}");
+               return;
+             }
+             for (const auto& e : v) {
+               ProtectedColumn pc;
+               std::string col_text;
+               bool have_col = false;
+               bool have_cat = false;
+               w.mapping(e, "masking.protected_columns entry",
+                         {
+                             {"column",
+                              [&](const YAML::Node& c) {
+                                if (!w.scalar(c, "masking.protected_columns column", col_text)) return;
+                                std::string why;
+                                auto col = parse_qualified_column(col_text, why);
+                                if (!col) {
+                                  w.issue(c, "masking.protected_columns: invalid column \"" + col_text +
+                                                 "\": " + why + " (write schema.table.column)");
+                                  return;
+                                }
+                                if (mc.find_protected(*col)) {
+                                  w.issue(c, "masking.protected_columns: column " + col->quoted() +
+                                                 " is listed twice");
+                                  return;
+                                }
+                                pc.column = *col;
+                                have_col = true;
+                              }},
+                             {"category",
+                              [&](const YAML::Node& c) {
+                                if (!w.scalar(c, "masking.protected_columns category", pc.category)) return;
+                                mp.category_refs.emplace_back(c, pc.category);
+                                have_cat = true;
+                              }},
+                         });
+               if (!e.IsMap()) continue;
+               if (!e["column"]) w.issue(e, "masking.protected_columns entry needs a \"column\"");
+               if (!e["category"]) w.issue(e, "masking.protected_columns entry needs a \"category\"");
+               if (have_col && have_cat) mc.protected_columns.push_back(std::move(pc));
+             }
+           }},
+          {"policies",
+           [&](const YAML::Node& v) {
+             if (!v.IsSequence()) {
+               w.issue(v, "masking.policies must be a list");
+               return;
+             }
+             for (const auto& e : v) {
+               MaskPolicy p;
+               std::string where = "masking.policies[" + std::to_string(mc.policies.size()) + "]";
+               std::vector<std::pair<std::string_view, Walker::Handler>> keys{
+                   {"name",
+                    [&](const YAML::Node& x) {
+                      if (!w.scalar(x, where + ".name", p.name)) return;
+                      if (p.name.empty()) {
+                        w.issue(x, where + ".name must not be empty");
+                        return;
+                      }
+                      for (const auto& other : mc.policies) {
+                        if (other.name == p.name)
+                          w.issue(x, "masking.policies: duplicate policy name \"" + p.name + "\"");
+                      }
+                      where = "masking.policies." + p.name;
+                    }},
+                   {"roles",
+                    [&](const YAML::Node& x) {
+                      if (!x.IsSequence() || x.size() == 0) {
+                        w.issue(x, where + ".roles must be a non-empty list of role names");
+                        return;
+                      }
+                      for (const auto& r : x) {
+                        std::string role;
+                        if (!w.scalar(r, where + ".roles entry", role)) continue;
+                        if (role.empty() || role.find('\0') != std::string::npos || role.size() > 63) {
+                          w.issue(r, where + ".roles: \"" + role + "\" is not a valid role name");
+                          continue;
+                        }
+                        p.roles.push_back(role);
+                      }
+                    }},
+               };
+               // "name" first so messages about the rest can use it.
+               if (e.IsMap() && e["name"] && e["name"].IsScalar() && !e["name"].Scalar().empty()) {
+                 where = "masking.policies." + e["name"].Scalar();
+               }
+               parse_policy_body(w, where, p, mp, keys);
+               w.mapping(e, where, keys);
+               if (!e.IsMap()) continue;
+               if (!e["name"]) w.issue(e, where + " needs a \"name\"");
+               if (!e["roles"]) w.issue(e, where + " needs \"roles\" (a non-empty list of role names)");
+               mc.policies.push_back(std::move(p));
+             }
+           }},
+          {"default_policy",
+           [&](const YAML::Node& v) {
+             static const std::string where = "masking.default_policy";
+             std::vector<std::pair<std::string_view, Walker::Handler>> keys;
+             parse_policy_body(w, where, mc.default_policy, mp, keys);
+             w.mapping(v, "masking.default_policy", keys);
+           }},
+          {"function_allowlist",
+           [&](const YAML::Node& v) {
+             if (!v.IsSequence()) {
+               w.issue(v, "masking.function_allowlist must be a list of schema.function names");
+               return;
+             }
+             for (const auto& e : v) {
+               std::string s;
+               if (!w.scalar(e, "masking.function_allowlist entry", s)) continue;
+               std::string why;
+               auto parts = parse_qualified_name(s, 2, why);
+               if (!parts) {
+                 w.issue(e, "masking.function_allowlist: invalid function \"" + s + "\": " + why +
+                                " (write schema.function)");
+                 continue;
+               }
+               mc.function_allowlist.push_back((*parts)[0] + "." + (*parts)[1]);
+             }
+           }},
+      });
+}
+
+// Cross-checks of the masking section, and the key.
+void check_masking(Walker& w, MaskingConfig& mc, MaskingParse& mp, const SecretSources& secrets) {
+  if (!mp.section) return;
+  const auto& builtin = builtin_mask_categories();
+  for (const auto& [at, cat] : mp.category_refs) {
+    if (std::find(builtin.begin(), builtin.end(), cat) == builtin.end() &&
+        std::find(mc.categories.begin(), mc.categories.end(), cat) == mc.categories.end()) {
+      w.issue(at, "masking: unknown category \"" + cat + "\" (declare it in masking.categories)");
+    }
+  }
+  for (const auto& [at, col] : mp.column_refs) {
+    if (!mc.find_protected(col)) {
+      w.issue(at, "masking: rule for column " + col.quoted() + ", which is not in masking.protected_columns");
+    }
+  }
+  for (const auto& [at, expr] : mp.customs) {
+    if (auto s = validate_custom_expression(expr, mc.function_allowlist); !s) w.issue(at, s.error().message);
+  }
+  auto share_allowlist = [&](MaskSpec& s) { s.allowed_functions = mc.function_allowlist; };
+  for (auto* p : [&] {
+         std::vector<MaskPolicy*> all{&mc.default_policy};
+         for (auto& x : mc.policies) all.push_back(&x);
+         return all;
+       }()) {
+    share_allowlist(p->default_spec);
+    for (auto& [k, s] : p->category_rules) share_allowlist(s);
+    for (auto& [k, s] : p->column_rules) share_allowlist(s);
+  }
+
+  // The key: exactly one source when anything needs it.
+  const bool from_file = !mc.hash_key_file.empty();
+  const bool from_env = !mc.hash_key_env.empty();
+  if (from_file && from_env) {
+    w.issue(mp.key_env_at, "masking: set either hash_key_file or hash_key_env, not both");
+    return;
+  }
+  if (!from_file && !from_env) {
+    for (const auto& at : mp.keyed_rules) {
+      w.issue(at,
+              "masking: hash and pseudonym masks need a key: set masking.hash_key_file or "
+              "masking.hash_key_env (at least 32 bytes)");
+    }
+    return;
+  }
+  std::optional<std::string> key;
+  const YAML::Node& at = from_file ? mp.key_file_at : mp.key_env_at;
+  if (from_file) {
+    key = secrets.read_file ? secrets.read_file(mc.hash_key_file) : std::nullopt;
+    if (!key) {
+      w.issue(at, "masking.hash_key_file: cannot read \"" + mc.hash_key_file + "\"");
+      return;
+    }
+  } else {
+    key = secrets.get_env ? secrets.get_env(mc.hash_key_env) : std::nullopt;
+    if (!key) {
+      w.issue(at, "masking.hash_key_env: environment variable " + mc.hash_key_env + " is not set");
+      return;
+    }
+  }
+  while (!key->empty() && (key->back() == '\n' || key->back() == '\r')) key->pop_back();
+  if (key->size() < min_master_key_length) {
+    // The length only: the key itself is never printed.
+    w.issue(at, "masking: the mask key is " + std::to_string(key->size()) + " bytes; at least " +
+                    std::to_string(min_master_key_length) + " are needed (e.g. openssl rand -hex 32)");
+    return;
+  }
+  mc.keys = derive_mask_keys(*key);
+  std::fill(key->begin(), key->end(), '\0');
+}
+
+// --- auth and catalog -----------------------------------------------------------
+
+// Positions for the cross-checks of auth and catalog, run after the walk.
+struct AuthParse {
+  YAML::Node auth_at;
+  YAML::Node mode_at;
+  YAML::Node query_at;
+  YAML::Node catalog_at;
+  YAML::Node user_at;
+  YAML::Node password_at;
+  YAML::Node password_file_at;
+};
+
+void parse_auth(Walker& w, const YAML::Node& n, AuthConfig& a, AuthParse& ap) {
+  ap.auth_at = n;
+  w.mapping(n, "auth",
+            {
+                {"mode",
+                 [&](const YAML::Node& v) {
+                   ap.mode_at = v;
+                   w.enumeration(v, "auth.mode", a.mode,
+                                 {{"passthrough", AuthMode::passthrough}, {"scram", AuthMode::scram}});
+                 }},
+                {"auth_query",
+                 [&](const YAML::Node& v) {
+                   ap.query_at = v;
+                   w.string(v, "auth.auth_query", a.auth_query);
+                 }},
+                {"auth_dbname", [&](const YAML::Node& v) { w.string(v, "auth.auth_dbname", a.auth_dbname); }},
+                {"verifier_cache_ttl",
+                 [&](const YAML::Node& v) { w.duration(v, "auth.verifier_cache_ttl", a.verifier_cache_ttl); }},
+            });
+}
+
+void parse_catalog(Walker& w, const YAML::Node& n, CatalogConfig& cc, AuthParse& ap) {
+  ap.catalog_at = n;
+  w.mapping(n, "catalog",
+            {
+                {"user",
+                 [&](const YAML::Node& v) {
+                   ap.user_at = v;
+                   w.string(v, "catalog.user", cc.user);
+                 }},
+                {"password",
+                 [&](const YAML::Node& v) {
+                   ap.password_at = v;
+                   w.string(v, "catalog.password", cc.password);
+                 }},
+                {"password_file",
+                 [&](const YAML::Node& v) {
+                   ap.password_file_at = v;
+                   w.string(v, "catalog.password_file", cc.password_file);
+                 }},
+            });
+}
+
+// auth.mode scram needs a catalog login; the password file is read here so
+// that --check-config catches an unreadable one.
+void check_auth(Walker& w, const YAML::Node& root, Config& c, const AuthParse& ap,
+                const SecretSources& secrets) {
+  const bool scram = c.auth.mode == AuthMode::scram;
+  // A default-constructed Node counts as defined; only a parsed one has a mark.
+  auto at = [](const YAML::Node& n, const YAML::Node& fallback) -> const YAML::Node& {
+    return n.Mark().is_null() ? fallback : n;
+  };
+  const YAML::Node& mode_at = at(ap.mode_at, at(ap.auth_at, root));
+  const YAML::Node& catalog_at = at(ap.catalog_at, mode_at);
+  const bool has_password = !c.catalog.password.empty();
+  const bool has_file = !c.catalog.password_file.empty();
+  if (has_password && has_file) {
+    w.issue(ap.password_file_at, "catalog: set either password or password_file, not both");
+  } else if (has_file) {
+    std::optional<std::string> text =
+        secrets.read_file ? secrets.read_file(c.catalog.password_file) : std::nullopt;
+    if (!text) {
+      w.issue(ap.password_file_at, "catalog.password_file: cannot read \"" + c.catalog.password_file + "\"");
+    } else {
+      std::string first = text->substr(0, text->find('\n'));
+      if (!first.empty() && first.back() == '\r') first.pop_back();
+      std::fill(text->begin(), text->end(), '\0');
+      if (first.empty()) {
+        w.issue(ap.password_file_at,
+                "catalog.password_file: the first line of \"" + c.catalog.password_file + "\" is empty");
+      }
+      c.catalog.password = std::move(first);
+    }
+  } else if (scram && !has_password) {
+    w.issue(catalog_at,
+            "auth.mode scram needs a password for the catalog login: set catalog.password or "
+            "catalog.password_file");
+  }
+  if (!scram) return;
+  if (c.catalog.user.empty()) {
+    w.issue(at(ap.user_at, catalog_at),
+            "auth.mode scram needs catalog.user (the login pgcloak uses to look up SCRAM verifiers)");
+  }
+  if (c.auth.auth_query.find("$1") == std::string::npos) {
+    w.issue(at(ap.query_at, mode_at),
+            "auth.auth_query must take the login name as $1, e.g. SELECT usename, passwd FROM "
+            "pgcloak.get_auth($1)");
+  }
+}
+
 }  // namespace
 
 ConfigLoad parse_config(std::string_view yaml_text) {
+  return parse_config(yaml_text, system_secret_sources());
+}
+
+ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets) {
   ConfigLoad load;
   Config& c = load.config;
   Walker w(load.issues);
@@ -262,6 +945,8 @@ ConfigLoad parse_config(std::string_view yaml_text) {
 
   YAML::Node tls_node;
   YAML::Node upstream_node;
+  MaskingParse masking_parse;
+  AuthParse auth_parse;
   try {
     w.mapping(
         root, "the top level",
@@ -396,6 +1081,9 @@ ConfigLoad parse_config(std::string_view yaml_text) {
                               }},
                          });
              }},
+            {"masking", [&](const YAML::Node& n) { parse_masking(w, n, c.masking, masking_parse); }},
+            {"auth", [&](const YAML::Node& n) { parse_auth(w, n, c.auth, auth_parse); }},
+            {"catalog", [&](const YAML::Node& n) { parse_catalog(w, n, c.catalog, auth_parse); }},
         });
   } catch (const YAML::Exception& e) {
     load.issues.push_back({e.mark.line + 1, e.mark.column + 1, e.msg});
@@ -430,6 +1118,16 @@ ConfigLoad parse_config(std::string_view yaml_text) {
             "certificate)");
   }
   check_readable(w, up_at, c.upstream.sslrootcert, "upstream.sslrootcert");
+  try {
+    check_masking(w, c.masking, masking_parse, secrets);
+  } catch (const YAML::Exception& e) {
+    load.issues.push_back({e.mark.line + 1, e.mark.column + 1, e.msg});
+  }
+  try {
+    check_auth(w, root, c, auth_parse, secrets);
+  } catch (const YAML::Exception& e) {
+    load.issues.push_back({e.mark.line + 1, e.mark.column + 1, e.msg});
+  }
   std::sort(load.issues.begin(), load.issues.end(),
             [](const ConfigIssue& a, const ConfigIssue& b) { return a.line < b.line; });
   return load;

@@ -183,5 +183,238 @@ TEST(SizeTest, UnitsAndErrors) {
   EXPECT_FALSE(parse_size("-5").ok());
 }
 
+// --- masking: ---------------------------------------------------------------------
+
+const std::string kMaskKey = "0123456789abcdef0123456789abcdef";  // 32 bytes
+
+SecretSources fake_secrets(std::optional<std::string> file = kMaskKey + "\n",
+                           std::optional<std::string> env = kMaskKey) {
+  SecretSources s;
+  s.read_file = [file](const std::string& path) -> std::optional<std::string> {
+    if (path != "/etc/pgcloak/mask.key") return std::nullopt;
+    return file;
+  };
+  s.get_env = [env](const std::string& name) -> std::optional<std::string> {
+    if (name != "PGCLOAK_MASK_KEY") return std::nullopt;
+    return env;
+  };
+  return s;
+}
+
+ConfigLoad parse_masking(const std::string& yaml, const SecretSources& secrets = fake_secrets()) {
+  return parse_config(yaml, secrets);
+}
+
+TEST(MaskingConfigTest, TheDocumentedExampleParses) {
+  auto load = parse_masking(R"(
+masking:
+  hash_key_file: /etc/pgcloak/mask.key
+  categories: [loyalty_number]
+  protected_columns:
+    - column: public.customers.email
+      category: email
+    - {column: public.customers.phone, category: phone}
+    - {column: public.customers.card, category: card_number}
+    - {column: public.customers.notes, category: free_text}
+    - {column: 'Sales."Client List"."Loyalty ""No"""', category: loyalty_number}
+  policies:
+    - name: support
+      roles: [support_team]
+      default: redact
+      rules:
+        email: email
+        phone: {mask: partial, keep_first: 0, keep_last: 2, fill: "*"}
+        card_number: last4
+        birth_date: {mask: generalize, to: year}
+        national_id: redact
+        person_name: allow
+        loyalty_number: {mask: hash, length: 8}
+        public.customers.notes: redact_patterns
+    - name: analysts
+      roles: [analyst, bi_reader]
+      default: null
+      rules:
+        email: pseudonym
+        free_text: {mask: custom, expression: "left({value}, 3) || '...'"}
+  default_policy:
+    default: deny
+    rules: {}
+  function_allowlist: [util.mask_iban, '"Util"."Fn"']
+)");
+  ASSERT_TRUE(load.ok()) << dump(load);
+  const MaskingConfig& m = load.config.masking;
+  EXPECT_TRUE(m.keys.present);
+  EXPECT_EQ(m.keys.hash_key, derive_mask_keys(kMaskKey).hash_key);  // trailing newline trimmed
+  ASSERT_EQ(m.protected_columns.size(), 5U);
+  EXPECT_EQ(m.protected_columns[4].column, (QualifiedColumn{"sales", "Client List", "Loyalty \"No\""}));
+  EXPECT_EQ(m.protected_columns[4].column.quoted(), "\"sales\".\"Client List\".\"Loyalty \"\"No\"\"\"");
+  ASSERT_EQ(m.policies.size(), 2U);
+  EXPECT_EQ(m.function_allowlist, (std::vector<std::string>{"util.mask_iban", "Util.Fn"}));
+
+  const MaskPolicy& support = m.policies[0];
+  const QualifiedColumn email{"public", "customers", "email"};
+  const QualifiedColumn notes{"public", "customers", "notes"};
+  EXPECT_EQ(support.spec_for(email, "email").kind, MaskKind::email);
+  MaskSpec phone = support.spec_for({"public", "customers", "phone"}, "phone");
+  EXPECT_EQ(phone.kind, MaskKind::partial);
+  EXPECT_EQ(phone.keep_last, 2);
+  // A column rule beats the category rule.
+  EXPECT_EQ(support.spec_for(notes, "free_text").kind, MaskKind::redact_patterns);
+  // Categories the policy does not list get its default.
+  EXPECT_EQ(support.spec_for({"public", "customers", "addr"}, "address").kind, MaskKind::redact);
+  EXPECT_EQ(support.spec_for({"public", "x", "y"}, "birth_date").to, DatePart::year);
+  EXPECT_EQ(support.spec_for({"public", "x", "y"}, "loyalty_number").length, 8);
+
+  const MaskPolicy& analysts = m.policies[1];
+  EXPECT_EQ(analysts.default_spec.kind, MaskKind::null);
+  EXPECT_EQ(analysts.spec_for(email, "email").pseudonym_kind, PseudonymKind::email);  // by category
+  MaskSpec custom = analysts.spec_for(notes, "free_text");
+  EXPECT_EQ(custom.kind, MaskKind::custom);
+  EXPECT_EQ(custom.allowed_functions, m.function_allowlist);
+
+  EXPECT_EQ(m.default_policy.default_spec.kind, MaskKind::deny);
+  // First policy with a matching role wins, in config order.
+  EXPECT_EQ(&m.policy_for([](std::string_view r) { return r == "bi_reader" || r == "support_team"; }),
+            &m.policies[0]);
+  EXPECT_EQ(&m.policy_for([](std::string_view r) { return r == "bi_reader"; }), &m.policies[1]);
+  EXPECT_EQ(&m.policy_for([](std::string_view) { return false; }), &m.default_policy);
+}
+
+TEST(MaskingConfigTest, AbsentSectionMeansNothingProtectedAndRedactByDefault) {
+  auto load = parse_masking("threads: 1\n");
+  ASSERT_TRUE(load.ok()) << dump(load);
+  EXPECT_FALSE(load.config.masking.enabled());
+  EXPECT_FALSE(load.config.masking.keys.present);
+  EXPECT_EQ(load.config.masking.default_policy.default_spec.kind, MaskKind::redact);
+  EXPECT_TRUE(load.config.masking.default_policy.category_rules.empty());
+}
+
+TEST(MaskingConfigTest, KeyFromTheEnvironment) {
+  auto load = parse_masking("masking:\n  hash_key_env: PGCLOAK_MASK_KEY\n");
+  ASSERT_TRUE(load.ok()) << dump(load);
+  EXPECT_EQ(load.config.masking.keys.pseudonym_key, derive_mask_keys(kMaskKey).pseudonym_key);
+}
+
+TEST(MaskingConfigTest, EveryMaskingProblemIsListedWithItsLine) {
+  auto load = parse_masking(R"(masking:
+  categories: [loyalty_number, email, Bad-Name]
+  protected_columns:
+    - {column: public.customers.email, category: email}
+    - {column: PUBLIC.Customers.EMAIL, category: email}
+    - {column: customers.email, category: email}
+    - {column: 'public."unterminated.x', category: email}
+    - {column: public.customers.x, category: shoe_size}
+    - {column: public.customers.y}
+  policies:
+    - name: support
+      roles: []
+      rules:
+        email: emial
+        phone: {mask: partial, keep_first: -1, fill: "**"}
+        birth_date: {mask: generalize, to: week}
+        national_id: {mask: generalize, bucket: 0}
+        card_number: {mask: generalize}
+        address: {mask: custom, expression: "({value}"}
+        person_name: hash
+        public.customers.nope: redact
+        public.customers.email: {mask: partial, keep: 2}
+        hair_colour: redact
+    - name: support
+      roles: [a]
+      default: {mask: pseudonym, kind: nickname}
+  colour: blue
+)",
+                            fake_secrets());
+  ASSERT_FALSE(load.ok());
+  EXPECT_TRUE(has_issue(load, 2, "\"email\" is a built-in category")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 2, "\"Bad-Name\" is not a valid category name")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 5, "is listed twice")) << dump(load);  // identifier folding
+  EXPECT_TRUE(has_issue(load, 6, "expected 3 dot-separated parts, found 2")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 7, "unterminated quoted identifier")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 8, "unknown category \"shoe_size\"")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 9, "needs a \"category\"")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 12, "roles must be a non-empty list")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 14, "unknown mask \"emial\"")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 15, "keep_first must be a non-negative integer")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 15, "fill must be exactly one character")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 16, "to must be one of year, month, day")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 17, "bucket must be a positive whole number")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 18, "needs \"to\"")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 19, "custom mask: does not parse")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 20, "need a key")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 21, "not in masking.protected_columns")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 22, "unknown key \"keep\"")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 23, "unknown category \"hair_colour\"")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 24, "duplicate policy name \"support\"")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 26, "kind must be one of")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 26, "need a key")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 27, "unknown key \"colour\" in masking")) << dump(load);
+  EXPECT_EQ(load.issues.size(), 23U) << dump(load);
+}
+
+TEST(MaskingConfigTest, CustomTemplatesAreValidatedAgainstTheAllowlist) {
+  const std::string head =
+      "masking:\n  protected_columns: [{column: a.b.c, category: free_text}]\n"
+      "  policies:\n    - name: p\n      roles: [r]\n      rules:\n        free_text: ";
+  EXPECT_TRUE(has_issue(parse_masking(head + "{mask: custom, expression: \"util.f({value})\"}\n"), 7,
+                        "function util.f is not allowed"));
+  EXPECT_TRUE(parse_masking(head + "{mask: custom, expression: \"util.f({value})\"}\n"
+                                   "  function_allowlist: [util.f]\n")
+                  .ok());
+  EXPECT_TRUE(has_issue(
+      parse_masking(head + "{mask: custom, expression: \"query_to_xml({value}, true, true, '')\"}\n"), 7,
+      "query_to_xml"));
+  EXPECT_TRUE(has_issue(parse_masking(head + "{mask: custom, expression: \"(SELECT max(x) FROM t)\"}\n"), 7,
+                        "must use {value}"));
+  EXPECT_TRUE(has_issue(parse_masking(head + "custom\n"), 7, "needs an \"expression\""));
+  EXPECT_TRUE(
+      has_issue(parse_masking(head + "redact\n  function_allowlist: [f]\n"), 8, "write schema.function"));
+}
+
+TEST(MaskingConfigTest, KeySourcesAreChecked) {
+  const std::string hash_rule =
+      "  protected_columns: [{column: a.b.c, category: email}]\n"
+      "  policies: [{name: p, roles: [r], rules: {email: hash}}]\n";
+  EXPECT_TRUE(has_issue(parse_masking("masking:\n" + hash_rule), 3, "need a key"));
+  EXPECT_TRUE(parse_masking("masking:\n  hash_key_env: PGCLOAK_MASK_KEY\n" + hash_rule).ok());
+  EXPECT_TRUE(has_issue(
+      parse_masking("masking:\n  hash_key_file: /etc/pgcloak/mask.key\n  hash_key_env: PGCLOAK_MASK_KEY\n"),
+      3, "either hash_key_file or hash_key_env"));
+  EXPECT_TRUE(has_issue(parse_masking("masking:\n  hash_key_file: /nonexistent/key\n"), 2, "cannot read"));
+  EXPECT_TRUE(has_issue(parse_masking("masking:\n  hash_key_env: OTHER\n"), 2, "OTHER is not set"));
+  auto short_key = parse_masking("masking:\n  hash_key_env: PGCLOAK_MASK_KEY\n",
+                                 fake_secrets(std::nullopt, std::string(31, 'k') + "\n"));
+  EXPECT_TRUE(has_issue(short_key, 2, "is 31 bytes; at least 32")) << dump(short_key);
+  EXPECT_EQ(dump(short_key).find("kkkk"), std::string::npos);  // the key is never printed
+}
+
+TEST(MaskingConfigTest, WrongShapesAreReported) {
+  EXPECT_TRUE(has_issue(parse_masking("masking: [1]\n"), 1, "masking must be a mapping"));
+  EXPECT_TRUE(has_issue(parse_masking("masking:\n  policies: {a: 1}\n"), 2, "policies must be a list"));
+  EXPECT_TRUE(has_issue(parse_masking("masking:\n  policies:\n    - {roles: [a]}\n"), 3, "needs a \"name\""));
+  EXPECT_TRUE(has_issue(parse_masking("masking:\n  default_policy: {rules: {email: [1]}}\n"), 2,
+                        "must be a mask name or a mapping"));
+  EXPECT_TRUE(has_issue(parse_masking("masking:\n  default_policy: {rules: {email: {keep_first: 1}}}\n"), 2,
+                        "needs a \"mask\" key"));
+  EXPECT_TRUE(has_issue(
+      parse_masking("masking:\n  protected_columns:\n    - {column: 'a.\"\".c', category: email}\n"), 3,
+      "zero-length quoted identifier"));
+  EXPECT_TRUE(
+      has_issue(parse_masking("masking:\n  protected_columns:\n    - {column: 'a.b c.d', category: email}\n"),
+                3, "unexpected"));
+}
+
+TEST(QualifiedNameTest, PostgresIdentifierRules) {
+  std::string why;
+  auto c = parse_qualified_column("Public.\"MixedCase\".col_1$", why);
+  ASSERT_TRUE(c) << why;
+  EXPECT_EQ(*c, (QualifiedColumn{"public", "MixedCase", "col_1$"}));
+  EXPECT_FALSE(parse_qualified_column("a.b.c.d", why));
+  EXPECT_FALSE(parse_qualified_column("1a.b.c", why));
+  EXPECT_FALSE(parse_qualified_column("a..c", why));
+  EXPECT_FALSE(parse_qualified_column(std::string(64, 'a') + ".b.c", why));
+  EXPECT_TRUE(parse_qualified_column("\"a.b\".c.d", why));
+}
+
 }  // namespace
 }  // namespace pgcloak::rules

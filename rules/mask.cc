@@ -1,0 +1,135 @@
+#include "rules/mask.h"
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include <algorithm>
+#include <utility>
+
+namespace pgcloak::rules {
+
+namespace {
+
+constexpr std::pair<MaskKind, std::string_view> kMaskNames[] = {
+    {MaskKind::allow, "allow"},
+    {MaskKind::deny, "deny"},
+    {MaskKind::redact, "redact"},
+    {MaskKind::null, "null"},
+    {MaskKind::partial, "partial"},
+    {MaskKind::email, "email"},
+    {MaskKind::last4, "last4"},
+    {MaskKind::hash, "hash"},
+    {MaskKind::pseudonym, "pseudonym"},
+    {MaskKind::generalize, "generalize"},
+    {MaskKind::redact_patterns, "redact_patterns"},
+    {MaskKind::custom, "custom"},
+};
+
+}  // namespace
+
+std::string_view to_string(MaskKind kind) {
+  for (const auto& [k, n] : kMaskNames) {
+    if (k == kind) return n;
+  }
+  return "?";
+}
+
+std::optional<MaskKind> mask_kind_from_string(std::string_view name) {
+  for (const auto& [k, n] : kMaskNames) {
+    if (n == name) return k;
+  }
+  return std::nullopt;
+}
+
+std::string_view to_string(DatePart part) {
+  switch (part) {
+    case DatePart::year: return "year";
+    case DatePart::month: return "month";
+    case DatePart::day: return "day";
+  }
+  return "?";
+}
+
+std::string_view to_string(PseudonymKind kind) {
+  switch (kind) {
+    case PseudonymKind::name: return "name";
+    case PseudonymKind::first_name: return "first_name";
+    case PseudonymKind::last_name: return "last_name";
+    case PseudonymKind::email: return "email";
+  }
+  return "?";
+}
+
+bool is_string_type(const ColumnType& t) {
+  return t.category == 'S' || t.oid == type_oid::text || t.oid == type_oid::varchar ||
+         t.oid == type_oid::bpchar;
+}
+
+bool is_integer_type(const ColumnType& t) {
+  return t.oid == type_oid::int2 || t.oid == type_oid::int4 || t.oid == type_oid::int8;
+}
+
+bool is_datetime_type(const ColumnType& t) {
+  return t.oid == type_oid::date || t.oid == type_oid::timestamp || t.oid == type_oid::timestamptz;
+}
+
+std::array<uint8_t, 32> hmac_sha256(const std::array<uint8_t, 32>& key, std::string_view data) {
+  std::array<uint8_t, 32> out{};
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+       reinterpret_cast<const unsigned char*>(data.data()), data.size(), out.data(), &len);
+  return out;
+}
+
+MaskKeys derive_mask_keys(std::string_view master_key) {
+  auto derive = [&](std::string_view label) {
+    std::array<uint8_t, 32> out{};
+    unsigned int len = 0;
+    HMAC(EVP_sha256(), master_key.data(), static_cast<int>(master_key.size()),
+         reinterpret_cast<const unsigned char*>(label.data()), label.size(), out.data(), &len);
+    return out;
+  };
+  MaskKeys k;
+  k.present = true;
+  k.hash_key = derive("pgcloak mask hash v1");
+  k.pseudonym_key = derive("pgcloak mask pseudonym v1");
+  return k;
+}
+
+std::string to_hex(const uint8_t* data, size_t n) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(n * 2);
+  for (size_t i = 0; i < n; ++i) {
+    out += digits[data[i] >> 4];
+    out += digits[data[i] & 0xf];
+  }
+  return out;
+}
+
+const std::vector<std::string_view>& pseudonym_first_names() {
+  static const std::vector<std::string_view> names{
+      "James",     "Mary",     "John",    "Patricia", "Robert",  "Jennifer", "Michael", "Linda",   "William",
+      "Elizabeth", "David",    "Barbara", "Richard",  "Susan",   "Joseph",   "Jessica", "Thomas",  "Sarah",
+      "Charles",   "Karen",    "Daniel",  "Nancy",    "Matthew", "Lisa",     "Anthony", "Betty",   "Mark",
+      "Margaret",  "Paul",     "Sandra",  "Steven",   "Ashley",  "Andrew",   "Emily",   "Joshua",  "Donna",
+      "Kevin",     "Michelle", "Brian",   "Carol",    "George",  "Amanda",   "Edward",  "Melissa", "Ronald",
+      "Deborah",   "Timothy",  "Laura",   "Jason",    "Rebecca",
+  };
+  return names;
+}
+
+const std::vector<std::string_view>& pseudonym_last_names() {
+  static const std::vector<std::string_view> names{
+      "Smith",     "Johnson",  "Williams",  "Brown",   "Jones",    "Garcia",   "Miller",   "Davis",
+      "Rodriguez", "Martinez", "Hernandez", "Lopez",   "Gonzalez", "Wilson",   "Anderson", "Thomas",
+      "Taylor",    "Moore",    "Jackson",   "Martin",  "Lee",      "Perez",    "Thompson", "White",
+      "Harris",    "Sanchez",  "Clark",     "Ramirez", "Lewis",    "Robinson", "Walker",   "Young",
+      "Allen",     "King",     "Wright",    "Scott",   "Torres",   "Nguyen",   "Hill",     "Flores",
+      "Green",     "Adams",    "Nelson",    "Baker",   "Hall",     "Rivera",   "Campbell", "Mitchell",
+      "Carter",    "Roberts",
+  };
+  return names;
+}
+
+}  // namespace pgcloak::rules
