@@ -1,0 +1,56 @@
+// The masking policy as one session user sees it: which MaskPolicy applies
+// (resolved through role membership, nested groups included), and for every
+// protected relation the column list of the masking subquery that replaces
+// it in that user's statements. Immutable; shared by the sessions of one user
+// until the protection (config or catalog) changes.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "protocol/error.h"
+#include "rules/protection.h"
+
+namespace pgcloak::rules {
+
+struct RelationMasks {
+  const RelationProtection* protection = nullptr;
+  std::vector<MaskSpec> specs;  // parallel to the relation's columns (allow for unprotected ones)
+  // Columns a statement may not read at all: deny in the policy, a view
+  // column derived from protected data, or a mask that does not fit the
+  // column's type (failing closed instead of returning raw data).
+  std::vector<bool> refused;
+  std::vector<std::string> refused_why;
+  // "id", CAST(...) AS "email", ... : the select list of the masking subquery.
+  std::string select_list;
+  bool masks_anything = false;
+};
+
+class SessionPolicy {
+ public:
+  SessionPolicy(std::shared_ptr<const Protection> protection, std::string user);
+
+  const std::string& user() const { return user_; }
+  const MaskPolicy& policy() const { return *policy_; }
+  const Protection& protection() const { return *protection_; }
+  // False = this user sees every protected column unmasked: statements pass
+  // through untouched, byte for byte.
+  bool masks_anything() const { return masks_anything_; }
+  const RelationMasks* masks_for(uint32_t relation_oid) const;
+  // Functions outside pg_catalog this user may call (masking.function_allowlist).
+  bool function_allowed(std::string_view schema, std::string_view name) const;
+  bool unqualified_function_allowed(std::string_view name) const;
+
+ private:
+  std::shared_ptr<const Protection> protection_;
+  std::string user_;
+  const MaskPolicy* policy_ = nullptr;
+  bool masks_anything_ = false;
+  std::unordered_map<uint32_t, RelationMasks> masks_;
+};
+
+}  // namespace pgcloak::rules

@@ -1,0 +1,152 @@
+// Rewriter behaviour against the shop fixture's catalog, without a database.
+// tests/integration/test_masking_*.py runs the same classes of attack against
+// PostgreSQL through pgcloak.
+#include "rules/rewriter.h"
+
+#include <gtest/gtest.h>
+
+#include "rules/pg_tree.h"
+#include "tests/support/shop_policy.h"
+
+namespace pgcloak::rules {
+namespace {
+
+using Action = StatementDecision::Action;
+
+class RewriterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    protection_ = testing::shop_protection();
+    analyst_ = std::make_unique<SessionPolicy>(protection_, "analyst");
+    support_ = std::make_unique<SessionPolicy>(protection_, "support");
+    admin_ = std::make_unique<SessionPolicy>(protection_, "admin");
+    nobody_ = std::make_unique<SessionPolicy>(protection_, "nobody");
+  }
+  StatementDecision as_support(std::string_view sql) { return analyze_statement(sql, *support_); }
+  StatementDecision as_analyst(std::string_view sql) { return analyze_statement(sql, *analyst_); }
+
+  // The rewritten text must still parse, and must not read customers
+  // except through a masking subquery.
+  static void expect_masked(const StatementDecision& d) {
+    ASSERT_EQ(d.action, Action::rewrite) << (d.refusal ? d.refusal->message : "passed unchanged");
+    auto tree = ParseTree::parse(d.sql);
+    ASSERT_TRUE(tree.ok()) << d.sql;
+  }
+  static void expect_refused(const StatementDecision& d, std::string_view rule) {
+    ASSERT_EQ(d.action, Action::refuse) << "sql: " << d.sql;
+    ASSERT_TRUE(d.refusal.has_value());
+    EXPECT_EQ(d.refusal->sqlstate, std::string(rule.substr(0, 5) == "parse" ? "42601" : "42501"));
+    EXPECT_EQ(d.rule, rule) << d.refusal->message;
+  }
+
+  std::shared_ptr<const Protection> protection_;
+  std::unique_ptr<SessionPolicy> analyst_, support_, admin_, nobody_;
+};
+
+TEST_F(RewriterTest, PolicyResolutionFollowsNestedGroups) {
+  EXPECT_EQ(analyst_->policy().name, "analytics");  // analyst -> bi_readers -> analytics_team
+  EXPECT_EQ(support_->policy().name, "support");
+  EXPECT_EQ(admin_->policy().name, "admins");
+  EXPECT_EQ(nobody_->policy().name, "default");
+  EXPECT_FALSE(admin_->masks_anything());
+  EXPECT_TRUE(nobody_->masks_anything());
+}
+
+TEST_F(RewriterTest, UnprotectedStatementsPassWithoutParsing) {
+  auto d = as_support("SELECT count(*), sum(amount) FROM orders WHERE status = 'paid'");
+  EXPECT_EQ(d.action, Action::pass);
+  EXPECT_TRUE(d.sql.empty());
+}
+
+TEST_F(RewriterTest, SelectIsWrapped) {
+  auto d = as_support("SELECT email FROM customers WHERE id = 7");
+  expect_masked(d);
+  EXPECT_NE(d.sql.find("FROM customers) AS \"customers\""), std::string::npos) << d.sql;
+  EXPECT_NE(d.sql.find("WHERE id = 7"), std::string::npos);
+  EXPECT_EQ(d.relations, std::vector<std::string>{"public.customers"});
+}
+
+TEST_F(RewriterTest, AliasesOnlyAndQualifiedNames) {
+  expect_masked(
+      as_support("SELECT c.email FROM public.customers AS c(i, n) JOIN orders o ON o.customer_id = c.i"));
+  auto d = as_support("SELECT * FROM ONLY customers c");
+  expect_masked(d);
+  EXPECT_NE(d.sql.find("FROM ONLY customers) AS \"c\""), std::string::npos) << d.sql;
+  d = as_support("TABLE customers");
+  expect_masked(d);
+  EXPECT_EQ(d.sql.find("TABLE"), std::string::npos) << d.sql;
+}
+
+TEST_F(RewriterTest, PartitionsAndViewsAreProtected) {
+  expect_masked(as_support("SELECT card_number FROM payments_2025_01"));
+  expect_masked(as_support("SELECT * FROM customer_contacts"));
+  // A view column computed from protected data cannot be masked: refused.
+  expect_refused(as_support("SELECT label FROM contact_labels"), "deny:column");
+  // Its plainly copied unprotected column can still be read.
+  expect_masked(as_support("SELECT id FROM contact_labels"));
+}
+
+TEST_F(RewriterTest, DeniedColumnRefusedEvenThroughStarAndWholeRow) {
+  expect_refused(as_analyst("SELECT ssn FROM customers"), "deny:column");
+  expect_refused(as_analyst("SELECT * FROM customers"), "deny:column");
+  expect_refused(as_analyst("SELECT row_to_json(c) FROM customers c"), "deny:column");
+  expect_masked(as_analyst("SELECT id, email FROM customers"));
+}
+
+TEST_F(RewriterTest, RefusedStatements) {
+  expect_refused(as_support("DO $$ BEGIN RAISE NOTICE '%', 1; END $$"), "deny:do");
+  expect_refused(as_support("SET ROLE admin"), "deny:set-role");
+  expect_refused(as_support("RESET ROLE"), "deny:set-role");
+  expect_refused(as_support("SET SESSION AUTHORIZATION admin"), "deny:set-role");
+  expect_refused(as_support("SELECT set_config('role', 'admin', false)"), "deny:function");
+  expect_refused(as_support("SELECT query_to_xml('select * from customers', true, true, '')"),
+                 "deny:function");
+  expect_refused(as_support("SELECT * FROM pg_stats WHERE tablename = 'customers'"), "deny:statistics");
+  expect_refused(as_support("SELECT query FROM pg_stat_activity"), "deny:statistics");
+  expect_refused(as_support("EXPLAIN SELECT * FROM customers WHERE email = 'x'"), "deny:explain");
+  expect_refused(as_support("COPY customers TO '/tmp/x'"), "deny:copy-file");
+  expect_refused(as_support("SELECT leak_customers()"), "deny:function");
+  expect_refused(as_support("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'select 1'"),
+                 "deny:function-ddl");
+  expect_refused(as_support("CREATE VIEW v AS SELECT * FROM customers"), "deny:create-view");
+  expect_refused(as_support("SELEC email FROM customers"), "parse");
+}
+
+TEST_F(RewriterTest, WritesThatRead) {
+  expect_refused(as_support("UPDATE customers SET notes = 'x' WHERE email LIKE 'a%'"),
+                 "deny:dml-reads-protected");
+  expect_refused(as_support("DELETE FROM customers WHERE ssn = '1' RETURNING id"),
+                 "deny:dml-reads-protected");
+  expect_refused(as_support("UPDATE customers SET notes = 'x' WHERE id = 1 RETURNING *"),
+                 "deny:dml-reads-protected");
+  expect_refused(as_support("INSERT INTO customers (id, email) VALUES (1, 'a') RETURNING email"),
+                 "deny:dml-reads-protected");
+  auto d = as_support("INSERT INTO customers (id, email) VALUES (1, 'a@b.c')");
+  EXPECT_EQ(d.action, Action::pass) << (d.refusal ? d.refusal->message : d.sql);
+  d = as_support("UPDATE customers SET full_name = 'x' WHERE id = 1");  // full_name is allowed for support
+  EXPECT_EQ(d.action, Action::pass) << (d.refusal ? d.refusal->message : d.sql);
+}
+
+TEST_F(RewriterTest, ServerSideCopiesHoldMaskedValues) {
+  expect_masked(as_support("CREATE TABLE copy AS SELECT * FROM customers"));
+  expect_masked(as_support("SELECT * INTO copy2 FROM customers"));
+  expect_masked(as_support("INSERT INTO orders (id, status) SELECT id, email FROM customers"));
+  auto d = as_support("COPY customers (id, email) TO STDOUT");
+  expect_masked(d);
+  EXPECT_NE(d.sql.find("COPY  (SELECT \"id\", \"email\" FROM (SELECT"), std::string::npos) << d.sql;
+  expect_masked(as_support("COPY (SELECT email FROM customers) TO STDOUT"));
+  expect_masked(as_support("DECLARE c CURSOR FOR SELECT email FROM customers"));
+  expect_masked(as_support("PREPARE p AS SELECT email FROM customers WHERE id = $1"));
+}
+
+TEST_F(RewriterTest, NamingTricks) {
+  expect_masked(as_support("SELECT email FROM \"customers\""));
+  expect_masked(as_support("SELECT email FROM U&\"\\0063ustomers\""));
+  expect_masked(as_support("SELECT email FROM PUBLIC.CUSTOMERS"));
+  expect_masked(as_support("SELECT 1; SELECT email FROM /* x */ customers"));
+  // A different relation that only looks alike is left alone.
+  EXPECT_EQ(as_support("SELECT * FROM \"Customers\"").action, Action::pass);
+}
+
+}  // namespace
+}  // namespace pgcloak::rules
