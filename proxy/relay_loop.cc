@@ -12,10 +12,14 @@
 #include <climits>
 #include <cstring>
 
+#include <deque>
+
 #include "protocol/backend.h"
-#include "protocol/frame_scanner.h"
+#include "protocol/frame_relay.h"
+#include "protocol/frontend.h"
 #include "protocol/message_type.h"
 #include "proxy/log.h"
+#include "rules/rewriter.h"
 
 namespace pgcloak::proxy {
 
@@ -79,6 +83,19 @@ constexpr auto backend_types = make_type_table({be::authentication,
 
 constexpr uint8_t terminate_message[] = {'X', 0, 0, 0, 4};
 
+// What a refused statement is replaced with on its way to PostgreSQL: text
+// that fails to parse, so PostgreSQL itself reports an error for it and its
+// transaction and pipeline state stay exactly what they are after any
+// failed statement (aborted transaction block, skip until Sync). The
+// ErrorResponse that comes back is then swapped for pgcloak's refusal.
+constexpr std::string_view poison_sql = "pgcloak_refused_statement";
+
+// DETAIL texts that can carry row values: "Failing row contains (...)" and
+// "Key (email)=(...) already exists." (MASKING-THREATS.md, class 6).
+bool detail_may_hold_values(std::string_view d) {
+  return d.find("Failing row contains") != std::string_view::npos || d.find(")=(") != std::string_view::npos;
+}
+
 enum class Io { ok, would_block, eof, error };
 
 }  // namespace
@@ -131,7 +148,22 @@ class RelayConnection {
     }
   };
 
+  // Responses PostgreSQL still owes for messages forwarded while masking was
+  // on, in order; used to find the ErrorResponse of a refused (poisoned)
+  // statement. Protocol docs, "Extended Query": after an error the backend
+  // discards messages until Sync.
+  enum class Expect : uint8_t { parse, bind, describe, execute, close, sync, query, function_call };
+  struct Expectation {
+    Expect kind;
+    std::optional<Error> refusal;  // set = poisoned: replace its error with this
+  };
+
   Io read(Side& s, uint8_t* buf, size_t cap, size_t& n, int& err);
+  void refresh_policy();
+  void client_frame(uint8_t type, Bytes frame, Buffer& out);
+  void server_frame(uint8_t type, Bytes frame, Buffer& out);
+  void on_server_header(uint8_t type);
+  rules::StatementDecision decide(std::string_view sql);
   Io flush(Side& s, int& err);
   void update_interest(Side& s);
   bool from_client(Bytes chunk);
@@ -140,7 +172,7 @@ class RelayConnection {
   void upstream_gone(bool error, int err);
   void begin_closing();
   bool idle() const {
-    return server_at_ready_ && pending_ready_ == 0 && client_scanner_.at_boundary() &&
+    return server_at_ready_ && pending_ready_ == 0 && client_frames_.at_boundary() &&
            upstream_.pending() == 0;
   }
   void queue_error(const Error& e) {
@@ -156,8 +188,14 @@ class RelayConnection {
   Buffer from_client_start_;
   std::chrono::milliseconds client_idle_;
   std::function<void()> on_closed_;
-  protocol::FrameScanner client_scanner_;
-  protocol::FrameScanner server_scanner_;
+  protocol::FrameRelay client_frames_;
+  protocol::FrameRelay server_frames_;
+  PolicyHooks hooks_;
+  uint64_t policy_generation_ = 0;
+  bool policy_known_ = false;
+  PolicyLookup policy_;
+  bool masked_ = false;  // statements are analysed (policy masks something, or is unknown)
+  std::deque<Expectation> expect_;
 
   // One ReadyForQuery answers each Query, Sync and FunctionCall; counting
   // them tells whether PostgreSQL still owes the client a response.
@@ -179,8 +217,9 @@ RelayConnection::RelayConnection(RelayLoop& loop, RelayStart start)
       from_client_start_(std::move(start.from_client)),
       client_idle_(start.client_idle),
       on_closed_(std::move(start.on_closed)),
-      client_scanner_(start.max_message_size),
-      server_scanner_(start.max_message_size),
+      client_frames_(start.max_message_size),
+      server_frames_(start.max_message_size),
+      hooks_(std::move(start.policy)),
       draining_(start.draining) {
   client_.fd = start.client.fd;
   client_.ssl = std::move(start.client.ssl);
@@ -413,18 +452,41 @@ bool RelayConnection::pump() {
   return false;
 }
 
+void RelayConnection::refresh_policy() {
+  if (!hooks_) return;
+  const uint64_t g = hooks_.generation();
+  if (policy_known_ && g == policy_generation_) return;
+  policy_generation_ = g;
+  policy_known_ = true;
+  policy_ = hooks_.lookup();
+  const bool was = masked_;
+  masked_ = policy_.unavailable.has_value() || (policy_.policy && policy_.policy->masks_anything());
+  if (!masked_) expect_.clear();
+  if (was != masked_)
+    log::info(masked_ ? "masking is on for this session" : "masking is off for this session", id_);
+}
+
+rules::StatementDecision RelayConnection::decide(std::string_view sql) {
+  if (policy_.unavailable) {
+    rules::StatementDecision d;
+    d.action = rules::StatementDecision::Action::refuse;
+    d.rule = "policy-unavailable";
+    d.refusal = *policy_.unavailable;
+    return d;
+  }
+  return rules::analyze_statement(sql, *policy_.policy);
+}
+
 bool RelayConnection::from_client(Bytes chunk) {
-  bool violated = false;
+  refresh_policy();
   bool saw_terminate = false;
   Error violation;
-  auto st = client_scanner_.scan(
-      chunk, [](uint8_t, uint32_t) { return false; },
-      [&](uint8_t type, uint32_t, const Bytes*) {
-        if (violated) return;
+  auto st = client_frames_.feed(
+      chunk, upstream_.out,
+      [&](uint8_t type, uint32_t) {
         if (!frontend_types[type]) {
-          violated = true;
           violation = Error::protocol("invalid frontend message type " + printable_type(type));
-          return;
+          return protocol::FrameAction::reject;
         }
         if (type == fe::query || type == fe::sync || type == fe::function_call) {
           ++pending_ready_;
@@ -432,19 +494,29 @@ bool RelayConnection::from_client(Bytes chunk) {
         } else if (type == fe::terminate) {
           saw_terminate = true;
         }
-      });
-  if (!st && !violated) {
-    violated = true;
-    violation = st.error();
-  }
-  if (violated) {
-    // Fail closed: a malformed stream is not forwarded, not even in part.
-    log::warn("closing session: " + violation.message, id_);
-    queue_error(violation);
+        if (!masked_) return protocol::FrameAction::pass;
+        switch (type) {
+          case fe::query:
+          case fe::parse:
+          case fe::function_call:
+            return protocol::FrameAction::hold;  // expectation recorded with the decision
+          case fe::bind: expect_.push_back({Expect::bind, {}}); break;
+          case fe::describe: expect_.push_back({Expect::describe, {}}); break;
+          case fe::execute: expect_.push_back({Expect::execute, {}}); break;
+          case fe::close: expect_.push_back({Expect::close, {}}); break;
+          case fe::sync: expect_.push_back({Expect::sync, {}}); break;
+          default: break;
+        }
+        return protocol::FrameAction::pass;
+      },
+      [&](uint8_t type, Bytes frame, Buffer& out) { client_frame(type, frame, out); }, violation);
+  if (!st) {
+    // Fail closed: a malformed stream is not forwarded past the bad frame.
+    log::warn("closing session: " + st.error().message, id_);
+    queue_error(st.error());
     begin_closing();
     return false;
   }
-  upstream_.append(chunk);
   if (saw_terminate) {
     terminate_sent_ = true;
     begin_closing();
@@ -453,44 +525,199 @@ bool RelayConnection::from_client(Bytes chunk) {
   return true;
 }
 
+void RelayConnection::client_frame(uint8_t type, Bytes frame, Buffer& out) {
+  const Bytes body = frame.subspan(5);
+  auto poison_query = [&](Expect kind, const Error& refusal) {
+    protocol::Query{std::string(poison_sql)}.encode(out);
+    expect_.push_back({kind, refusal});
+  };
+  if (type == fe::function_call) {
+    // The fast-path call carries no SQL to analyse (lo_export, pg_read_file
+    // by OID): refused for masked sessions (MASKING-THREATS.md, class 15).
+    Error e = policy_.policy
+                  ? rules::policy_refusal(*policy_.policy, "deny:function-call",
+                                          "the fast-path FunctionCall message",
+                                          "it calls a function by OID without SQL pgcloak can analyse")
+                  : *policy_.unavailable;
+    log::warn("refused: FunctionCall message", id_);
+    return poison_query(Expect::function_call, e);
+  }
+  if (type == fe::query) {
+    auto q = protocol::Query::decode(body);
+    if (!q) return poison_query(Expect::query, q.error());
+    auto d = decide(q->sql);
+    if (d.catalog_may_change && hooks_.catalog_changed) hooks_.catalog_changed();
+    switch (d.action) {
+      case rules::StatementDecision::Action::pass:
+        out.insert(out.end(), frame.begin(), frame.end());
+        expect_.push_back({Expect::query, {}});
+        return;
+      case rules::StatementDecision::Action::rewrite:
+        protocol::Query{std::move(d.sql)}.encode(out);
+        expect_.push_back({Expect::query, {}});
+        return;
+      case rules::StatementDecision::Action::refuse:
+        log::info("refused (" + d.rule + "): " + d.refusal->message, id_);
+        return poison_query(Expect::query, *d.refusal);
+    }
+  }
+  // Parse: analysed and rewritten once; PostgreSQL keeps the rewritten
+  // statement under the client's name, so Bind/Execute/Describe need no
+  // change and Describe reports the masked statement's (identical) shape.
+  auto p = protocol::Parse::decode(body);
+  if (!p) {
+    protocol::Parse{"", std::string(poison_sql), {}}.encode(out);
+    expect_.push_back({Expect::parse, p.error()});
+    return;
+  }
+  auto d = decide(p->query);
+  if (d.catalog_may_change && hooks_.catalog_changed) hooks_.catalog_changed();
+  switch (d.action) {
+    case rules::StatementDecision::Action::pass:
+      out.insert(out.end(), frame.begin(), frame.end());
+      expect_.push_back({Expect::parse, {}});
+      return;
+    case rules::StatementDecision::Action::rewrite:
+      p->query = std::move(d.sql);
+      p->encode(out);
+      expect_.push_back({Expect::parse, {}});
+      return;
+    case rules::StatementDecision::Action::refuse:
+      log::info("refused (" + d.rule + "): " + d.refusal->message, id_);
+      protocol::Parse{p->statement, std::string(poison_sql), {}}.encode(out);
+      expect_.push_back({Expect::parse, *d.refusal});
+      return;
+  }
+}
+
+void RelayConnection::on_server_header(uint8_t type) {
+  if (expect_.empty()) return;
+  const Expect head = expect_.front().kind;
+  switch (type) {
+    case be::parse_complete:
+      if (head == Expect::parse) expect_.pop_front();
+      break;
+    case be::bind_complete:
+      if (head == Expect::bind) expect_.pop_front();
+      break;
+    case be::close_complete:
+      if (head == Expect::close) expect_.pop_front();
+      break;
+    case be::no_data:
+    case be::row_description:
+      if (head == Expect::describe) expect_.pop_front();
+      break;
+    case be::command_complete:
+    case be::empty_query_response:
+    case be::portal_suspended:
+      if (head == Expect::execute) expect_.pop_front();
+      break;
+    case be::ready_for_query:
+      if (head == Expect::query || head == Expect::sync || head == Expect::function_call) expect_.pop_front();
+      break;
+    default: break;
+  }
+}
+
+void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
+  const Bytes body = frame.subspan(5);
+  if (type == be::ready_for_query) {
+    if (body.size() == 1) {
+      transaction_status_ = body[0];
+      if (pending_ready_ > 0) --pending_ready_;
+    }
+    on_server_header(type);
+    out.insert(out.end(), frame.begin(), frame.end());
+    return;
+  }
+  if (type == be::error_response && !expect_.empty()) {
+    Expectation head = std::move(expect_.front());
+    const bool simple =
+        head.kind == Expect::query || head.kind == Expect::function_call || head.kind == Expect::sync;
+    if (!simple) {
+      // Extended protocol: this message failed and PostgreSQL skips the
+      // rest up to Sync, so their responses will not come.
+      expect_.pop_front();
+      while (!expect_.empty() && expect_.front().kind != Expect::sync) expect_.pop_front();
+    } else {
+      expect_.front().refusal.reset();  // one error per Query; the rest of it is PostgreSQL's
+    }
+    if (head.refusal) {
+      protocol::ErrorResponse::from_error(*head.refusal).encode(out);
+      return;
+    }
+  }
+  if (masked_ && (type == be::error_response || type == be::notice_response)) {
+    std::optional<protocol::NoticeFields> fields;
+    if (type == be::error_response) {
+      if (auto e = protocol::ErrorResponse::decode(body)) fields = std::move(*e);
+    } else if (auto nr = protocol::NoticeResponse::decode(body)) {
+      fields = std::move(*nr);
+    }
+    if (!fields) {
+      out.insert(out.end(), frame.begin(), frame.end());
+      return;
+    }
+    bool scrubbed = false;
+    for (auto& [code, value] : fields->fields) {
+      if (code == protocol::field::detail && detail_may_hold_values(value)) {
+        value = "[pgcloak removed this detail: it can contain values of protected columns]";
+        scrubbed = true;
+      }
+    }
+    if (!scrubbed) {
+      out.insert(out.end(), frame.begin(), frame.end());
+      return;
+    }
+    if (type == be::error_response) {
+      protocol::ErrorResponse e;
+      e.fields = std::move(fields->fields);
+      e.encode(out);
+    } else {
+      protocol::NoticeResponse nr;
+      nr.fields = std::move(fields->fields);
+      nr.encode(out);
+    }
+    return;
+  }
+  out.insert(out.end(), frame.begin(), frame.end());
+}
+
 bool RelayConnection::from_server(Bytes chunk) {
-  bool violated = false;
   bool ended_ready = false;
   Error violation;
-  auto st = server_scanner_.scan(
-      chunk, [](uint8_t type, uint32_t) { return type == be::ready_for_query; },
-      [&](uint8_t type, uint32_t, const Bytes* body) {
-        if (violated) return;
+  const bool tracking = masked_ || !expect_.empty();
+  auto st = server_frames_.feed(
+      chunk, client_.out,
+      [&](uint8_t type, uint32_t) {
         if (!backend_types[type]) {
-          violated = true;
           violation = Error::protocol("invalid message type " + printable_type(type) + " from PostgreSQL");
-          return;
+          return protocol::FrameAction::reject;
         }
-        ended_ready = false;
+        ended_ready = type == be::ready_for_query;
         last_server_type_ = type;
-        if (type == be::ready_for_query) {
-          if (body == nullptr || body->size() != 1) {
-            violated = true;
-            violation = Error::protocol("malformed ReadyForQuery from PostgreSQL");
-            return;
-          }
-          transaction_status_ = (*body)[0];
-          if (pending_ready_ > 0) --pending_ready_;
-          ended_ready = true;
+        if (type == be::ready_for_query) return protocol::FrameAction::hold;
+        if (tracking) {
+          if (type == be::error_response || type == be::notice_response) return protocol::FrameAction::hold;
+          on_server_header(type);
         }
-      });
-  if (!st && !violated) {
-    violated = true;
-    violation = st.error();
-  }
-  if (violated) {
-    log::warn("closing session: " + violation.message, id_);
-    queue_error(violation);
+        return protocol::FrameAction::pass;
+      },
+      [&](uint8_t type, Bytes frame, Buffer& out) {
+        if (type == be::ready_for_query && frame.size() != 6) {
+          violation = Error::protocol("malformed ReadyForQuery from PostgreSQL");
+        }
+        server_frame(type, frame, out);
+      },
+      violation);
+  if (!st || !violation.message.empty()) {
+    const Error& e = st ? violation : st.error();
+    log::warn("closing session: " + e.message, id_);
+    queue_error(e);
     begin_closing();
     return false;
   }
-  client_.append(chunk);
-  server_at_ready_ = ended_ready && server_scanner_.at_boundary();
+  server_at_ready_ = ended_ready && server_frames_.at_boundary();
   if (draining_ && idle() && transaction_status_ == 'I') {
     terminate_with(Error::make(sqlstate::admin_shutdown,
                                "terminating connection because pgcloak is shutting down", Severity::fatal,
@@ -513,7 +740,7 @@ void RelayConnection::client_gone() {
   client_.out_begin = 0;
   // The client vanished without Terminate; end the backend cleanly rather
   // than leave PostgreSQL to notice a reset.
-  if (!terminate_sent_ && !upstream_.dead && client_scanner_.at_boundary()) {
+  if (!terminate_sent_ && !upstream_.dead && client_frames_.at_boundary()) {
     terminate_sent_ = true;
     upstream_.append(Bytes(terminate_message));
     int err = 0;
@@ -533,7 +760,7 @@ void RelayConnection::upstream_gone(bool error, int err) {
     // Whatever PostgreSQL said before closing (e.g. FATAL 57P01) is already
     // queued; if it closed mid-message or mid-statement the client still
     // needs a proper error.
-    if (!server_scanner_.at_boundary()) {
+    if (!server_frames_.at_boundary()) {
       queue_error(Error::make(sqlstate::connection_failure,
                               "the connection to PostgreSQL was lost in the middle of a message",
                               Severity::fatal));
@@ -550,7 +777,7 @@ void RelayConnection::terminate_with(const Error& reason) {
   if (closing_ || closed_) return;
   log::info("terminating session: " + reason.message, id_);
   queue_error(reason);
-  if (!terminate_sent_ && !upstream_.dead && client_scanner_.at_boundary()) {
+  if (!terminate_sent_ && !upstream_.dead && client_frames_.at_boundary()) {
     terminate_sent_ = true;
     upstream_.append(Bytes(terminate_message));
   }

@@ -22,6 +22,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -30,11 +31,30 @@
 #include "protocol/result.h"
 #include "protocol/wire.h"
 #include "proxy/stream.h"
+#include "rules/session_policy.h"
 
 namespace pgcloak::proxy {
 
 class RelayLoop;
 class RelayConnection;
+
+// The session user's masking policy as of now. policy null and no error =
+// nothing is masked for this user; an error = the policy cannot be known
+// (no catalog yet), so every statement is refused (fail closed).
+struct PolicyLookup {
+  std::shared_ptr<const rules::SessionPolicy> policy;
+  std::optional<Error> unavailable;
+};
+
+// How a relaying session follows policy changes (SIGHUP, catalog refresh):
+// generation() is cheap and checked before each client chunk; lookup() runs
+// only when it changed.
+struct PolicyHooks {
+  std::function<uint64_t()> generation;
+  std::function<PolicyLookup()> lookup;
+  std::function<void()> catalog_changed;  // after DDL passed through
+  explicit operator bool() const { return generation && lookup; }
+};
 
 // Everything a session hands over when it starts relaying.
 struct RelayStart {
@@ -46,6 +66,7 @@ struct RelayStart {
   uint32_t max_message_size = 0;
   std::chrono::milliseconds client_idle{0};  // 0 = no idle timeout
   bool draining = false;
+  PolicyHooks policy;  // empty = masking is off
   // Called on the loop thread once both descriptors are closed.
   std::function<void()> on_closed;
 };
