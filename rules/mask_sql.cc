@@ -450,7 +450,7 @@ struct Walk {
     if (!n.IsMap()) return ok_status();
     for (auto it = n.begin(); it != n.end(); ++it) {
       const std::string key = it->first.as<std::string>();
-      const YAML::Node& v = it->second;
+      const YAML::Node v = it->second;
       if (key == "SubLink") return custom_error("subqueries are not allowed");
       if (key == "ParamRef") return custom_error("parameters ($n) are not allowed");
       if (key == "RowExpr") return custom_error("row constructors are not allowed: a mask gives one value");

@@ -29,10 +29,18 @@ bool plain_word(std::string_view s) {
 // Statement keywords whose statements a masked session is refused (or that
 // need a closer look) even when no protected name appears: DO, CREATE/ALTER
 // FUNCTION and PROCEDURE, SET/RESET ROLE and SESSION AUTHORIZATION, COPY to
-// files and programs.
+// files and programs, role membership (GRANT role, ALTER GROUP ... ADD
+// USER), foreign tables and servers, SET session_authorization spelled as a
+// setting, and EXPLAIN (EXECUTE of a prepared statement names nothing).
 constexpr std::string_view sensitive_keywords[] = {
     "do",      "function", "procedure", "role",      "authorization", "copy",
-    "trigger", "rule",     "policy",    "extension", "language",      "merge"};
+    "trigger", "rule",     "policy",    "extension", "language",      "merge",
+    "grant",   "user",     "foreign",   "server",    "mapping",       "session_authorization",
+    "explain"};
+
+// Settings that make PostgreSQL send its parse trees and plans to the client.
+constexpr std::string_view sensitive_settings[] = {"debug_print_parse", "debug_print_rewritten",
+                                                   "debug_print_plan"};
 
 }  // namespace
 
@@ -44,6 +52,7 @@ const std::vector<DeniedBuiltin>& denied_builtin_functions() {
       {"schema_to_xml", true, "it reads tables named by a string"},
       {"database_to_xml", true, "it reads every table"},
       {"ts_stat", false, "it runs SQL given as a string"},
+      {"ts_rewrite", false, "it runs SQL given as a string"},
       {"dblink", true, "it runs SQL on another connection"},
       {"lo_", true, "large objects bypass query analysis"},
       {"loread", false, "large objects bypass query analysis"},
@@ -55,6 +64,11 @@ const std::vector<DeniedBuiltin>& denied_builtin_functions() {
       {"pg_sleep", true, "timing side channels can reveal hidden values"},
       {"set_config", false, "it changes settings such as the role"},
       {"pg_stat_", true, "statistics views show other sessions' statements and values"},
+      // The session's own statements as PostgreSQL received them: rewritten,
+      // with the masking expressions and their HMAC keys.
+      {"current_query", false, "it shows the rewritten statement with the masking keys"},
+      {"pg_prepared_statement", false, "it shows rewritten statements with the masking keys"},
+      {"pg_cursor", false, "it shows rewritten statements with the masking keys"},
   };
   return list;
 }
@@ -66,6 +80,8 @@ const std::vector<DeniedBuiltin>& denied_builtin_relations() {
       {"pg_stat_statements", true, "it shows other sessions' statements with literals"},
       {"pg_stat_activity", false, "it shows other sessions' statements with literals"},
       {"pg_largeobject", true, "large objects bypass query analysis"},
+      {"pg_prepared_statements", false, "it shows rewritten statements with the masking keys"},
+      {"pg_cursors", false, "it shows rewritten statements with the masking keys"},
   };
   return list;
 }
@@ -238,6 +254,7 @@ std::shared_ptr<const Protection> Protection::build(std::shared_ptr<const Maskin
   for (const auto& t : cat.user_cast_target_types) add_name(t);
   for (const auto& o : cat.user_operator_names) p->sensitive_substrings_.push_back(o);
   for (auto k : sensitive_keywords) p->sensitive_words_.insert(std::string(k));
+  for (auto k : sensitive_settings) p->sensitive_words_.insert(std::string(k));
   return p;
 }
 

@@ -17,6 +17,22 @@ bool read_position(std::string_view field) {
   return field == "from_clause" || field == "using_clause" || field == "larg" || field == "rarg";
 }
 
+// GUC names are case-insensitive: SET "ROLE" is SET role.
+std::string lower_ascii(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return out;
+}
+
+// A name copied into a splice must not comment out what follows it: a
+// trailing "-- comment" runs to the end of the line.
+std::string end_line_comment(std::string text) {
+  if (text.find("--") != std::string::npos) text += '\n';
+  return text;
+}
+
 struct Edit {
   int start = 0;
   int end = 0;
@@ -45,6 +61,10 @@ class Analyzer {
   void copy(const PgQuery__CopyStmt* c);
   void dml_target(const PgQuery__RangeVar* target, const ProtobufCMessage* stmt, bool insert);
   void func_call(const PgQuery__FuncCall* f);
+  void attribute_call(std::string_view name);
+  void setting(const PgQuery__VariableSetStmt* s);
+  // Past a U&"..." identifier's UESCAPE 'c' clause, if token k has one.
+  int skip_uescape(int k);
   void check_refused_columns(size_t first_wrapped, size_t first_column_ref);
   void refuse(std::string_view rule, std::string_view what, std::string_view why);
   bool refused() const { return decision_.refusal.has_value(); }
@@ -216,15 +236,48 @@ void Analyzer::statement(const PgQuery__Node* node) {
     case PG_QUERY__NODE__NODE_ALTER_SYSTEM_STMT:
       return refuse("deny:identity", "changing roles, role memberships or server settings",
                     "masking follows the login role");
-    case PG_QUERY__NODE__NODE_VARIABLE_SET_STMT: {
-      std::string_view name = node->variable_set_stmt->name;
-      if (name == "role" || name == "session_authorization") {
-        return refuse("deny:set-role", "SET ROLE, RESET ROLE and SET SESSION AUTHORIZATION",
-                      "masking follows the login role and cannot follow a switch");
+    case PG_QUERY__NODE__NODE_VARIABLE_SET_STMT:
+      setting(node->variable_set_stmt);
+      if (refused()) return;
+      break;
+    case PG_QUERY__NODE__NODE_ALTER_DATABASE_SET_STMT:
+      // The database's default for a setting applies to every later session
+      // (ALTER ROLE ... SET is refused above).
+      if (node->alter_database_set_stmt->setstmt != nullptr) {
+        const auto name = lower_ascii(node->alter_database_set_stmt->setstmt->name != nullptr
+                                          ? node->alter_database_set_stmt->setstmt->name
+                                          : "");
+        if (name == "role" || name == "session_authorization") {
+          return refuse("deny:identity", "changing roles, role memberships or server settings",
+                        "masking follows the login role");
+        }
+        setting(node->alter_database_set_stmt->setstmt);
+        if (refused()) return;
       }
       break;
-    }
+    case PG_QUERY__NODE__NODE_CREATE_FOREIGN_TABLE_STMT:
+    case PG_QUERY__NODE__NODE_IMPORT_FOREIGN_SCHEMA_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_FOREIGN_SERVER_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_FOREIGN_SERVER_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_USER_MAPPING_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_USER_MAPPING_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_FDW_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_FDW_STMT:
+      // postgres_fdw is dblink by another name: a foreign table over the
+      // real table reads it on a connection pgcloak never sees.
+      return refuse("deny:foreign-data",
+                    "creating foreign tables, foreign servers, user mappings or wrappers",
+                    "a foreign table can read protected tables over a connection pgcloak does not mask");
     case PG_QUERY__NODE__NODE_EXPLAIN_STMT:
+      if (node->explain_stmt->query != nullptr &&
+          node->explain_stmt->query->node_case == PG_QUERY__NODE__NODE_EXECUTE_STMT) {
+        // The prepared statement was rewritten: its plan shows the masking
+        // expressions, HMAC keys included, and pgcloak does not know what
+        // it reads.
+        return refuse("deny:explain", "EXPLAIN of a prepared statement",
+                      "its plan shows the masking expressions and their keys, and estimates that can depend "
+                      "on hidden values");
+      }
       if (node->explain_stmt->query != nullptr && probe(&node->explain_stmt->query->base)) {
         return refuse("deny:explain", "EXPLAIN of a statement that reads protected data",
                       "plans show row estimates and timings that depend on hidden values");
@@ -331,7 +384,15 @@ void Analyzer::visit(const ProtobufCMessage* m, std::string_view field) {
                     "pgcloak cannot mask a sampled scan");
     }
   } else if (is(m, pg_query__column_ref__descriptor)) {
-    column_refs_.push_back(reinterpret_cast<const PgQuery__ColumnRef*>(m));
+    const auto* cr = reinterpret_cast<const PgQuery__ColumnRef*>(m);
+    column_refs_.push_back(cr);
+    // x.f is f(x) when f is a function of x's row type, not a column.
+    if (cr->n_fields >= 2) attribute_call(string_list(cr->fields, cr->n_fields).back());
+  } else if (is(m, pg_query__a__indirection__descriptor)) {
+    const auto* ind = reinterpret_cast<const PgQuery__AIndirection*>(m);
+    for (const auto& name : string_list(ind->indirection, ind->n_indirection)) {
+      if (!name.empty()) attribute_call(name);  // (x).f is f(x) too
+    }
   } else if (is(m, pg_query__create_stmt__descriptor)) {
     skip_.insert(reinterpret_cast<const PgQuery__CreateStmt*>(m)->relation);  // the new table's name
   } else if (is(m, pg_query__into_clause__descriptor)) {
@@ -392,8 +453,9 @@ void Analyzer::wrap(const PgQuery__RangeVar* rv, const RelationMasks& m) {
   const int n = static_cast<int>(t.size());
   auto kind = [&](int k) { return k >= 0 && k < n ? t[k].kind : PG_QUERY__TOKEN__NUL; };
 
-  int last = i;
-  while (kind(last + 1) == PG_QUERY__TOKEN__ASCII_46 && last + 2 < n) last += 2;  // schema . name
+  int last = skip_uescape(i);
+  while (kind(last + 1) == PG_QUERY__TOKEN__ASCII_46 && last + 2 < n)
+    last = skip_uescape(last + 2);  // schema . name
   const int name_start = t[i].start;
   const int name_end = token_end(last);
   int first = i;
@@ -416,7 +478,7 @@ void Analyzer::wrap(const PgQuery__RangeVar* rv, const RelationMasks& m) {
   if (rv->alias != nullptr) {
     if (kind(last + 1) == PG_QUERY__TOKEN__AS) ++last;
     if (last + 1 >= n) return refuse("rewrite", "this statement", "unexpected alias syntax");
-    ++last;  // the alias name
+    last = skip_uescape(last + 1);  // the alias name
     alias_name = rv->alias->aliasname;
     alias = quote_ident(alias_name);
     if (rv->alias->n_colnames > 0) {
@@ -435,10 +497,10 @@ void Analyzer::wrap(const PgQuery__RangeVar* rv, const RelationMasks& m) {
       alias += ")";
     }
   }
-  std::string text =
-      "(SELECT " + m.select_list + " FROM " + (only ? "ONLY " : "") +
-      sql_.substr(static_cast<size_t>(name_start), static_cast<size_t>(name_end - name_start)) + ") AS " +
-      alias;
+  std::string text = "(SELECT " + m.select_list + " FROM " + (only ? "ONLY " : "") +
+                     end_line_comment(sql_.substr(static_cast<size_t>(name_start),
+                                                  static_cast<size_t>(name_end - name_start))) +
+                     ") AS " + alias;
   if (table_statement) text = "SELECT * FROM " + text;
   // Keep a space on both sides so the splice never glues onto a neighbour.
   edits_.push_back({t[first].start, token_end(last), " " + text + " "});
@@ -471,8 +533,8 @@ void Analyzer::copy(const PgQuery__CopyStmt* c) {
     return refuse("rewrite", "this statement", "pgcloak could not locate the COPY table");
   const auto& t = *toks;
   const int n = static_cast<int>(t.size());
-  int last = i;
-  while (last + 2 < n && t[last + 1].kind == PG_QUERY__TOKEN__ASCII_46) last += 2;
+  int last = skip_uescape(i);
+  while (last + 2 < n && t[last + 1].kind == PG_QUERY__TOKEN__ASCII_46) last = skip_uescape(last + 2);
   const int name_end = token_end(last);
   if (!cols.empty()) {
     if (last + 1 >= n || t[last + 1].kind != PG_QUERY__TOKEN__ASCII_40) {
@@ -488,10 +550,10 @@ void Analyzer::copy(const PgQuery__CopyStmt* c) {
   std::string select;
   for (const auto& col : cols) select += (select.empty() ? "" : ", ") + quote_ident(col);
   if (select.empty()) select = "*";
-  std::string text =
-      " (SELECT " + select + " FROM (SELECT " + m->select_list + " FROM " +
-      sql_.substr(static_cast<size_t>(t[i].start), static_cast<size_t>(name_end - t[i].start)) + ") AS " +
-      quote_ident(c->relation->relname) + ") ";
+  std::string text = " (SELECT " + select + " FROM (SELECT " + m->select_list + " FROM " +
+                     end_line_comment(sql_.substr(static_cast<size_t>(t[i].start),
+                                                  static_cast<size_t>(name_end - t[i].start))) +
+                     ") AS " + quote_ident(c->relation->relname) + ") ";
   edits_.push_back({t[i].start, token_end(last), std::move(text)});
 }
 
@@ -525,6 +587,17 @@ void Analyzer::dml_target(const PgQuery__RangeVar* target, const ProtobufCMessag
   for (const auto* part : parts) {
     auto check = [&](const ProtobufCMessage* c, std::string_view) {
       if (bad) return false;
+      if (is(c, pg_query__index_elem__descriptor)) {
+        // ON CONFLICT (col): the arbiter compares the new row with stored
+        // values, so whether the row is inserted says whether a guess exists.
+        const char* name = reinterpret_cast<const PgQuery__IndexElem*>(c)->name;
+        if (name != nullptr && hidden.count(name) != 0) {
+          bad = true;
+          column = name;
+          return false;
+        }
+        return true;
+      }
       if (!is(c, pg_query__column_ref__descriptor)) return true;
       const auto* cr = reinterpret_cast<const PgQuery__ColumnRef*>(c);
       auto f = string_list(cr->fields, cr->n_fields);
@@ -573,6 +646,36 @@ void Analyzer::func_call(const PgQuery__FuncCall* f) {
         "it is not built in (not in pg_catalog) and could read protected tables with its owner's rights; an "
         "administrator can add it to masking.function_allowlist");
   }
+}
+
+void Analyzer::attribute_call(std::string_view name) {
+  if (policy_.unqualified_function_allowed(name)) return;
+  refuse("deny:function", "function " + std::string(name) + " (called with attribute notation)",
+         "it is not built in (not in pg_catalog) and could read protected tables with its owner's rights; an "
+         "administrator can add it to masking.function_allowlist");
+}
+
+void Analyzer::setting(const PgQuery__VariableSetStmt* s) {
+  const std::string name = lower_ascii(s->name != nullptr ? s->name : "");
+  if (name == "role" || name == "session_authorization") {
+    return refuse("deny:set-role", "SET ROLE, RESET ROLE and SET SESSION AUTHORIZATION",
+                  "masking follows the login role and cannot follow a switch");
+  }
+  if (name.rfind("debug_print_", 0) == 0) {
+    return refuse("deny:debug-output", "setting " + name,
+                  "it sends the server's parse trees and plans to the client, with the masking expressions "
+                  "and their keys");
+  }
+}
+
+int Analyzer::skip_uescape(int k) {
+  const auto& t = *tokens_;
+  const int n = static_cast<int>(t.size());
+  if (k + 2 < n && t[static_cast<size_t>(k) + 1].kind == PG_QUERY__TOKEN__UESCAPE &&
+      t[static_cast<size_t>(k) + 2].kind == PG_QUERY__TOKEN__SCONST) {
+    return k + 2;
+  }
+  return k;
 }
 
 void Analyzer::check_refused_columns(size_t first_wrapped, size_t first_ref) {
