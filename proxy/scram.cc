@@ -589,8 +589,9 @@ Result<std::string> ScramServer::handle_client_first(std::string_view mechanism,
     case 'n':
     case 'y':
       if (cbind_flag_ == 'y' && offered_plus) {
+        // 28000, as PostgreSQL's read_client_first_message (auth-scram.c).
         return fail(
-            fatal(sqlstate::protocol_violation, "SCRAM channel binding negotiation error",
+            fatal(sqlstate::invalid_authorization_specification, "SCRAM channel binding negotiation error",
                   "The client supports SCRAM channel binding but thinks the server does not.  However, "
                   "this server does support channel binding."));
       }

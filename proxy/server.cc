@@ -8,6 +8,7 @@
 
 #include "protocol/backend.h"
 #include "proxy/log.h"
+#include "proxy/run_blocking.h"
 #include "proxy/session.h"
 #include "proxy/stream.h"
 #include "proxy/tls_context.h"
@@ -56,6 +57,22 @@ Status Server::start() {
     auto ctx = make_upstream_context(cfg.upstream);
     if (!ctx) return std::move(ctx).error();
     state_.upstream_tls = std::move(ctx).value();
+  }
+
+  state_.blocking = std::make_unique<asio::thread_pool>(blocking_pool_threads);
+  state_.policies = std::make_unique<PolicyStore>(state_.config);
+  if (state_.policies->enabled()) {
+    log::info("masking " + std::to_string(cfg.masking.protected_columns.size()) + " protected columns with " +
+              std::to_string(cfg.masking.policies.size()) + " policies; catalog read from database \"" +
+              cfg.catalog.dbname + "\" every " + std::to_string(cfg.catalog.refresh_interval.count() / 1000) +
+              "s");
+  }
+  if (cfg.auth.mode == rules::AuthMode::scram) {
+    PgSideParams side = PgSideParams::catalog(cfg, "");
+    // A lookup that outlives the client's handshake is of no use to anyone.
+    side.statement_timeout = cfg.timeouts.handshake;
+    state_.catalog = std::make_unique<PgSidePool>(std::move(side));
+    state_.auth_lookup = std::make_unique<AuthLookup>(cfg, *state_.catalog);
   }
 
   unsigned threads = cfg.threads != 0 ? cfg.threads : std::max(1U, std::thread::hardware_concurrency());
@@ -124,7 +141,10 @@ Status Server::start() {
   log::info("upstream PostgreSQL at " + cfg.upstream.describe() + " (sslmode " +
             std::string(rules::to_string(cfg.upstream.sslmode)) + "); " + std::to_string(threads) +
             " io threads; client TLS " +
-            (cfg.tls.enabled() ? (cfg.tls.require ? "required" : "optional") : "off"));
+            (cfg.tls.enabled() ? (cfg.tls.require ? "required" : "optional") : "off") + "; auth " +
+            (cfg.auth.mode == rules::AuthMode::scram
+                 ? "scram (verifiers via the catalog login \"" + cfg.catalog.user + "\")"
+                 : std::string("passthrough")));
   return ok_status();
 }
 
@@ -139,6 +159,9 @@ int Server::run() {
   for (auto& acc : tcp_acceptors_) asio::co_spawn(main_ctx, accept_tcp(*acc), asio::detached);
   if (unix_acceptor_) asio::co_spawn(main_ctx, accept_unix(*unix_acceptor_), asio::detached);
   asio::co_spawn(main_ctx, handle_signals(), asio::detached);
+  if (state_.policies->enabled()) {
+    asio::co_spawn(main_ctx, catalog_refresher(*state_.policies, *state_.blocking), asio::detached);
+  }
 
   std::vector<std::thread> threads;
   for (size_t i = 1; i < workers_.size(); ++i) {
@@ -146,6 +169,9 @@ int Server::run() {
   }
   main_ctx.run();
   for (auto& t : threads) t.join();
+  // Calls still running finish (libpq timeouts bound them); their sessions
+  // are not resumed, as the io threads have stopped.
+  state_.blocking->join();
   state_.relays.stop();
   return exit_code_;
 }
@@ -226,6 +252,7 @@ awaitable<void> Server::handle_signals() {
 
 awaitable<void> Server::shutdown() {
   state_.draining = true;
+  if (state_.policies) state_.policies->stop();
   for (auto& acc : tcp_acceptors_) {
     error_code ignored;
     acc->close(ignored);

@@ -11,7 +11,10 @@
 #include <vector>
 
 #include "proxy/asio.h"
+#include "proxy/auth_lookup.h"
 #include "proxy/cancel_registry.h"
+#include "proxy/pg_side_connection.h"
+#include "proxy/policy_store.h"
 #include "proxy/relay_loop.h"
 #include "rules/config.h"
 
@@ -41,6 +44,16 @@ struct ServerState {
   SessionRegistry sessions;
   RelayPool relays;  // relaying sessions, one epoll loop per thread
   std::atomic<bool> draining{false};
+  // pgcloak's own connections to PostgreSQL and the auth.mode scram lookup;
+  // null when auth.mode is passthrough.
+  std::unique_ptr<PgSidePool> catalog;
+  std::unique_ptr<AuthLookup> auth_lookup;
+  // The masking policy per login, from the masking config and the catalog
+  // (kept fresh by catalog_refresher when masking is enabled).
+  std::unique_ptr<PolicyStore> policies;
+  // Blocking calls (libpq) run here, off the io threads (run_blocking.h).
+  // Declared last so it is joined before what its calls use goes away.
+  std::unique_ptr<asio::thread_pool> blocking;
 };
 
 }  // namespace pgcloak::proxy

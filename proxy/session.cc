@@ -299,8 +299,7 @@ awaitable<void> Session::handle_cancel(const protocol::CancelRequest& request) {
 
 // --- authentication phase -------------------------------------------------
 
-awaitable<bool> Session::connect_and_authenticate() {
-  phase_ = Phase::auth;
+awaitable<bool> Session::open_upstream() {
   auto conn = co_await connect_upstream(config_->upstream, server_.upstream_tls.get());
   if (!conn) {
     log::warn(conn.error().message, id_);
@@ -309,25 +308,42 @@ awaitable<bool> Session::connect_and_authenticate() {
   }
   upstream_ = std::move(conn).value();
   identity_.upstream_tls = upstream_->is_tls();
-  {
-    Buffer b;
-    startup_.encode(b);
-    if (!co_await write_upstream(b)) {
-      co_await send_error(Error::make(sqlstate::connection_failure,
-                                      "lost the connection to PostgreSQL while starting the session",
-                                      Severity::fatal));
-      co_return false;
-    }
-  }
-
-  const uint32_t max_len = config_->limits.max_message_size;
-  auto lost_upstream = [&]() -> awaitable<bool> {
-    if (handshake_timed_out_) co_return false;  // main() reports the timeout
+  Buffer b;
+  startup_.encode(b);
+  if (!co_await write_upstream(b)) {
     co_await send_error(Error::make(sqlstate::connection_failure,
-                                    "lost the connection to PostgreSQL during authentication",
+                                    "lost the connection to PostgreSQL while starting the session",
                                     Severity::fatal));
     co_return false;
-  };
+  }
+  co_return true;
+}
+
+awaitable<bool> Session::lost_upstream() {
+  if (handshake_timed_out_) co_return false;  // main() reports the timeout
+  co_await send_error(Error::make(sqlstate::connection_failure,
+                                  "lost the connection to PostgreSQL during authentication",
+                                  Severity::fatal));
+  co_return false;
+}
+
+awaitable<std::optional<protocol::Frame>> Session::next_upstream_frame() {
+  auto fr = co_await read_frame(*upstream_, upstream_in_, false, config_->limits.max_message_size);
+  if (fr.status != protocol::FrameStatus::error) co_return fr.frame;
+  if (fr.error.sqlstate == sqlstate::connection_failure) {
+    co_await lost_upstream();
+  } else {
+    co_await send_error(fr.error);
+  }
+  co_return std::nullopt;
+}
+
+awaitable<bool> Session::connect_and_authenticate() {
+  phase_ = Phase::auth;
+  // auth.mode scram: pgcloak authenticates the client itself (auth_scram.cc).
+  if (config_->auth.mode == rules::AuthMode::scram) co_return co_await authenticate_scram();
+  if (!co_await open_upstream()) co_return false;
+
   // Relays one client 'p' message after an authentication request.
   auto relay_client_response = [&](protocol::AuthCode code) -> awaitable<bool> {
     auto fr = co_await read_frame(*client_, client_in_, false, max_auth_message);
@@ -377,19 +393,6 @@ awaitable<bool> Session::connect_and_authenticate() {
     bool ok = co_await write_upstream(client_in_.view().first(size));
     client_in_.consume(size);
     co_return ok;
-  };
-
-  // One whole message from PostgreSQL, or nothing after the client has been
-  // told why.
-  auto next_upstream_frame = [&]() -> awaitable<std::optional<protocol::Frame>> {
-    auto fr = co_await read_frame(*upstream_, upstream_in_, false, max_len);
-    if (fr.status != protocol::FrameStatus::error) co_return fr.frame;
-    if (fr.error.sqlstate == sqlstate::connection_failure) {
-      co_await lost_upstream();
-    } else {
-      co_await send_error(fr.error);
-    }
-    co_return std::nullopt;
   };
 
   // Authentication exchange: requests from PostgreSQL go to the client and
@@ -489,7 +492,10 @@ awaitable<bool> Session::connect_and_authenticate() {
         co_return false;
     }
   }
+  co_return co_await relay_session_setup();
+}
 
+awaitable<bool> Session::relay_session_setup() {
   // Session setup: ParameterStatus, BackendKeyData, then ReadyForQuery.
   for (;;) {
     auto next = co_await next_upstream_frame();
@@ -613,6 +619,25 @@ awaitable<void> Session::relay() {
   start.max_message_size = config_->limits.max_message_size;
   start.client_idle = config_->timeouts.client_idle;
   start.draining = draining_ || server_.draining.load();
+  if (server_.policies && server_.policies->enabled()) {
+    // Masking: the relay asks for this login's policy whenever the catalog
+    // generation moves, so live sessions follow refreshes at their next
+    // statement. Until a catalog has loaded the lookup fails and the relay
+    // refuses every statement (fail closed).
+    PolicyStore* store = server_.policies.get();
+    start.policy.generation = [store] { return store->generation(); };
+    start.policy.lookup = [store, user = identity_.user] {
+      PolicyLookup found;
+      auto r = store->for_user(user);
+      if (r) {
+        found.policy = std::move(r).value();
+      } else {
+        found.unavailable = r.error();
+      }
+      return found;
+    };
+    start.policy.catalog_changed = [store] { store->request_refresh(); };
+  }
   start.on_closed = [ex = executor_, done] {
     asio::post(ex, [done] {
       done->done = true;

@@ -1,14 +1,16 @@
 // One client connection, from the first byte to close. Phases are explicit
 // (conventions, point 7): startup (SSLRequest/GSSENCRequest/CancelRequest/
-// StartupMessage), tls, auth (relayed to PostgreSQL), ready (relaying), and
-// closing. Relaying itself runs in a relay loop (relay_loop.h), which keeps
-// one bounded output buffer per direction (conventions, point 8): a client
-// that reads slowly stops the reads from the server.
+// StartupMessage), tls, auth (relayed to PostgreSQL, or with auth.mode scram
+// run by pgcloak itself, see auth_scram.cc), ready (relaying), and closing.
+// Relaying itself runs in a relay loop (relay_loop.h), which keeps one
+// bounded output buffer per direction (conventions, point 8): a client that
+// reads slowly stops the reads from the server.
 #pragma once
 
 #include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -20,6 +22,7 @@
 #include "proxy/cancel_registry.h"
 #include "proxy/deadline.h"
 #include "proxy/relay_loop.h"
+#include "proxy/scram.h"
 #include "proxy/server_state.h"
 #include "proxy/stream.h"
 
@@ -74,6 +77,24 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<void> main();
   awaitable<bool> negotiate_startup();
   awaitable<bool> connect_and_authenticate();
+  // Connects to PostgreSQL and sends the client's StartupMessage.
+  awaitable<bool> open_upstream();
+  // One whole message from PostgreSQL, or nothing after the client has been
+  // told why.
+  awaitable<std::optional<protocol::Frame>> next_upstream_frame();
+  awaitable<bool> lost_upstream();
+  // After AuthenticationOk: ParameterStatus, BackendKeyData, ReadyForQuery.
+  awaitable<bool> relay_session_setup();
+
+  // auth.mode scram (auth_scram.cc): pgcloak runs SCRAM with the client
+  // against the verifier from auth_query, then with PostgreSQL from the
+  // ClientKey the client proved.
+  awaitable<bool> authenticate_scram();
+  awaitable<bool> authenticate_upstream_scram(const ScramKey& client_key, const ScramVerifier& verifier,
+                                              const std::string& lookup_db);
+  // The body of the client's next 'p' message (or nothing after the client
+  // has been told why).
+  awaitable<std::optional<protocol::Buffer>> read_client_auth_message();
   awaitable<void> handle_cancel(const protocol::CancelRequest& request);
   awaitable<void> relay();
   awaitable<void> close_client_gracefully();

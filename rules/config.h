@@ -75,7 +75,7 @@ struct AuthConfig {
   // Run on the catalog connection with the login name as $1; returns
   // (usename, passwd) with passwd a pg_authid.rolpassword.
   std::string auth_query = "SELECT usename, passwd FROM pgcloak.get_auth($1)";
-  std::string auth_dbname;       // empty = the client's database
+  std::string auth_dbname;             // empty = the client's database
   Duration verifier_cache_ttl{60000};  // 0 = every login fetches
 };
 
@@ -87,6 +87,11 @@ struct CatalogConfig {
   // catalog.password_file (read when the configuration is loaded).
   std::string password;
   std::string password_file;
+  // The database the masking catalog is read from (relations, views and
+  // functions are per database; roles are cluster-wide). Required when
+  // masking has protected columns.
+  std::string dbname;
+  Duration refresh_interval{60000};  // re-read the catalog this often (at least 1s)
 };
 
 struct Config {

@@ -832,27 +832,30 @@ struct AuthParse {
   YAML::Node user_at;
   YAML::Node password_at;
   YAML::Node password_file_at;
+  YAML::Node dbname_at;
+  YAML::Node refresh_interval_at;
 };
 
 void parse_auth(Walker& w, const YAML::Node& n, AuthConfig& a, AuthParse& ap) {
   ap.auth_at = n;
-  w.mapping(n, "auth",
-            {
-                {"mode",
-                 [&](const YAML::Node& v) {
-                   ap.mode_at = v;
-                   w.enumeration(v, "auth.mode", a.mode,
-                                 {{"passthrough", AuthMode::passthrough}, {"scram", AuthMode::scram}});
-                 }},
-                {"auth_query",
-                 [&](const YAML::Node& v) {
-                   ap.query_at = v;
-                   w.string(v, "auth.auth_query", a.auth_query);
-                 }},
-                {"auth_dbname", [&](const YAML::Node& v) { w.string(v, "auth.auth_dbname", a.auth_dbname); }},
-                {"verifier_cache_ttl",
-                 [&](const YAML::Node& v) { w.duration(v, "auth.verifier_cache_ttl", a.verifier_cache_ttl); }},
-            });
+  w.mapping(
+      n, "auth",
+      {
+          {"mode",
+           [&](const YAML::Node& v) {
+             ap.mode_at = v;
+             w.enumeration(v, "auth.mode", a.mode,
+                           {{"passthrough", AuthMode::passthrough}, {"scram", AuthMode::scram}});
+           }},
+          {"auth_query",
+           [&](const YAML::Node& v) {
+             ap.query_at = v;
+             w.string(v, "auth.auth_query", a.auth_query);
+           }},
+          {"auth_dbname", [&](const YAML::Node& v) { w.string(v, "auth.auth_dbname", a.auth_dbname); }},
+          {"verifier_cache_ttl",
+           [&](const YAML::Node& v) { w.duration(v, "auth.verifier_cache_ttl", a.verifier_cache_ttl); }},
+      });
 }
 
 void parse_catalog(Walker& w, const YAML::Node& n, CatalogConfig& cc, AuthParse& ap) {
@@ -874,7 +877,35 @@ void parse_catalog(Walker& w, const YAML::Node& n, CatalogConfig& cc, AuthParse&
                    ap.password_file_at = v;
                    w.string(v, "catalog.password_file", cc.password_file);
                  }},
+                {"dbname",
+                 [&](const YAML::Node& v) {
+                   ap.dbname_at = v;
+                   w.string(v, "catalog.dbname", cc.dbname);
+                 }},
+                {"refresh_interval",
+                 [&](const YAML::Node& v) {
+                   ap.refresh_interval_at = v;
+                   w.duration(v, "catalog.refresh_interval", cc.refresh_interval);
+                 }},
             });
+}
+
+// Masking reads the catalog of one database: it has to be named. A refresh
+// interval below a second would keep the catalog login busy for nothing.
+void check_catalog(Walker& w, const YAML::Node& root, const Config& c, const AuthParse& ap,
+                   const YAML::Node& masking_at) {
+  auto at = [](const YAML::Node& n, const YAML::Node& fallback) -> const YAML::Node& {
+    return n.Mark().is_null() ? fallback : n;
+  };
+  const YAML::Node& catalog_at = at(ap.catalog_at, root);
+  if (c.masking.enabled() && c.catalog.dbname.empty()) {
+    w.issue(at(ap.dbname_at, at(ap.catalog_at, at(masking_at, root))),
+            "masking.protected_columns needs catalog.dbname (the database whose catalog pgcloak reads to "
+            "find the protected tables, their views and partitions)");
+  }
+  if (c.catalog.refresh_interval < std::chrono::seconds(1)) {
+    w.issue(at(ap.refresh_interval_at, catalog_at), "catalog.refresh_interval must be at least 1s");
+  }
 }
 
 // auth.mode scram needs a catalog login; the password file is read here so
@@ -1125,6 +1156,11 @@ ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets
   }
   try {
     check_auth(w, root, c, auth_parse, secrets);
+  } catch (const YAML::Exception& e) {
+    load.issues.push_back({e.mark.line + 1, e.mark.column + 1, e.msg});
+  }
+  try {
+    check_catalog(w, root, c, auth_parse, masking_parse.section);
   } catch (const YAML::Exception& e) {
     load.issues.push_back({e.mark.line + 1, e.mark.column + 1, e.msg});
   }

@@ -24,7 +24,8 @@ struct QualifiedColumn {
   std::string schema;
   std::string table;
   std::string column;
-  auto operator<=>(const QualifiedColumn&) const = default;
+  auto operator<=>(const QualifiedColumn&) const =
+      default;  // NOLINT(modernize-use-nullptr): false positive on a defaulted <=>
   // "public"."customers"."email"
   std::string quoted() const;
 };

@@ -19,7 +19,6 @@ build/ and build-masks/.
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import uuid as uuid_mod
@@ -27,23 +26,16 @@ import uuid as uuid_mod
 import psycopg
 import pytest
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+from util import find_tool
+
 KEY = "k" * 16 + "0123456789abcdef0123456789abcdef"  # 48 bytes
 
 
 def tool_path() -> str:
-    if os.environ.get("MASK_SQL_TOOL"):
-        return os.environ["MASK_SQL_TOOL"]
-    if os.environ.get("PGCLOAK_BIN"):
-        build = os.path.dirname(os.path.dirname(os.path.abspath(os.environ["PGCLOAK_BIN"])))
-        tool = os.path.join(build, "tests", "tools", "mask_sql_tool")
-        if os.access(tool, os.X_OK):
-            return tool
-    candidates = [os.path.join(ROOT, d, "tests", "tools", "mask_sql_tool") for d in ("build", "build-masks")]
-    found = [c for c in candidates if os.access(c, os.X_OK)]
-    if found:
-        return max(found, key=os.path.getmtime)  # the freshest build
-    pytest.fail("mask_sql_tool not found (build the tests, or set MASK_SQL_TOOL): tried " + ", ".join(candidates))
+    try:
+        return find_tool("mask_sql_tool", "MASK_SQL_TOOL", ("build", "build-masks"))
+    except FileNotFoundError as e:
+        pytest.fail(str(e))
 
 
 # --- the corpus -------------------------------------------------------------------

@@ -14,10 +14,29 @@ T = TypeVar("T")
 
 IS_ROOT = os.geteuid() == 0
 PGBIN = os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin")
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 def pg_tool(name: str) -> str:
     return os.path.join(PGBIN, name)
+
+
+def find_tool(name: str, env_var: str, build_dirs: tuple[str, ...] = ("build",)) -> str:
+    """A helper binary from tests/tools (built with the unit tests): $env_var,
+    else the one in $PGCLOAK_BIN's build tree, else the freshest of
+    REPO/<build_dirs>/tests/tools/<name>. FileNotFoundError names what was tried."""
+    if os.environ.get(env_var):
+        return os.environ[env_var]
+    if os.environ.get("PGCLOAK_BIN"):
+        build = os.path.dirname(os.path.dirname(os.path.abspath(os.environ["PGCLOAK_BIN"])))
+        tool = os.path.join(build, "tests", "tools", name)
+        if os.access(tool, os.X_OK):
+            return tool
+    candidates = [os.path.join(REPO, d, "tests", "tools", name) for d in build_dirs]
+    found = [c for c in candidates if os.access(c, os.X_OK)]
+    if found:
+        return max(found, key=os.path.getmtime)  # the freshest build
+    raise FileNotFoundError(f"{name} not found (build the tests, or set {env_var}): tried " + ", ".join(candidates))
 
 
 def free_port() -> int:

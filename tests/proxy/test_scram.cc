@@ -403,7 +403,7 @@ TEST(ScramTest, YFlagAfterOfferingPlusIsADowngrade) {
   EXPECT_EQ(server->mechanisms(), (std::vector<std::string>{"SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"}));
   EXPECT_TRUE(
       fails_with(server->handle_client_first(scram_sha_256, as_bytes("y,,n=,r=abc")),
-                 sqlstate::protocol_violation, "SCRAM channel binding negotiation error",
+                 sqlstate::invalid_authorization_specification, "SCRAM channel binding negotiation error",
                  "The client supports SCRAM channel binding but thinks the server does not.  However, "
                  "this server does support channel binding."));
   // The same from a real client whose view of our offer was stripped of -PLUS.
@@ -415,7 +415,8 @@ TEST(ScramTest, YFlagAfterOfferingPlusIsADowngrade) {
   ASSERT_TRUE(first.ok());
   EXPECT_EQ(first->substr(0, 3), "y,,");
   EXPECT_TRUE(fails_with(server2.handle_client_first(scram_sha_256, as_bytes(*first)),
-                         sqlstate::protocol_violation, "SCRAM channel binding negotiation error"));
+                         sqlstate::invalid_authorization_specification,
+                         "SCRAM channel binding negotiation error"));
 }
 
 TEST(ScramTest, YFlagWithoutPlusOfferIsAccepted) {

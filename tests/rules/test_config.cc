@@ -201,8 +201,10 @@ SecretSources fake_secrets(std::optional<std::string> file = kMaskKey + "\n",
   return s;
 }
 
+// With the catalog.dbname that protected columns need (appended, so issue
+// lines are unchanged).
 ConfigLoad parse_masking(const std::string& yaml, const SecretSources& secrets = fake_secrets()) {
-  return parse_config(yaml, secrets);
+  return parse_config(yaml + "\ncatalog:\n  dbname: shop\n", secrets);
 }
 
 TEST(MaskingConfigTest, TheDocumentedExampleParses) {
@@ -414,6 +416,132 @@ TEST(QualifiedNameTest, PostgresIdentifierRules) {
   EXPECT_FALSE(parse_qualified_column("a..c", why));
   EXPECT_FALSE(parse_qualified_column(std::string(64, 'a') + ".b.c", why));
   EXPECT_TRUE(parse_qualified_column("\"a.b\".c.d", why));
+}
+
+// --- auth and catalog -------------------------------------------------------
+
+SecretSources password_file_secrets(std::optional<std::string> content) {
+  SecretSources s;
+  s.read_file = [content](const std::string& path) -> std::optional<std::string> {
+    if (path != "/etc/pgcloak/catalog.pass") return std::nullopt;
+    return content;
+  };
+  s.get_env = [](const std::string&) -> std::optional<std::string> { return std::nullopt; };
+  return s;
+}
+
+TEST(AuthConfigTest, DefaultsArePassthrough) {
+  auto load = parse_config("");
+  ASSERT_TRUE(load.ok()) << dump(load);
+  const Config& c = load.config;
+  EXPECT_EQ(c.auth.mode, AuthMode::passthrough);
+  EXPECT_EQ(c.auth.auth_query, "SELECT usename, passwd FROM pgcloak.get_auth($1)");
+  EXPECT_EQ(c.auth.auth_dbname, "");
+  EXPECT_EQ(c.auth.verifier_cache_ttl, Duration(60000));
+  EXPECT_EQ(c.catalog.user, "pgcloak");
+  EXPECT_EQ(c.catalog.password, "");
+  EXPECT_EQ(c.catalog.password_file, "");
+}
+
+TEST(AuthConfigTest, ScramWithEveryKey) {
+  auto load = parse_config(R"yaml(
+auth:
+  mode: scram
+  auth_query: "SELECT u, p FROM my.lookup($1)"
+  auth_dbname: postgres
+  verifier_cache_ttl: 0
+catalog:
+  user: gateway
+  password: s3cret
+)yaml");
+  ASSERT_TRUE(load.ok()) << dump(load);
+  const Config& c = load.config;
+  EXPECT_EQ(c.auth.mode, AuthMode::scram);
+  EXPECT_EQ(c.auth.auth_query, "SELECT u, p FROM my.lookup($1)");
+  EXPECT_EQ(c.auth.auth_dbname, "postgres");
+  EXPECT_EQ(c.auth.verifier_cache_ttl, Duration(0));
+  EXPECT_EQ(c.catalog.user, "gateway");
+  EXPECT_EQ(c.catalog.password, "s3cret");
+}
+
+TEST(AuthConfigTest, PasswordFileFirstLineIsThePassword) {
+  const std::string yaml = "auth:\n  mode: scram\ncatalog:\n  password_file: /etc/pgcloak/catalog.pass\n";
+  auto load = parse_config(yaml, password_file_secrets("from-file\r\nsecond line\n"));
+  ASSERT_TRUE(load.ok()) << dump(load);
+  EXPECT_EQ(load.config.catalog.password, "from-file");
+  EXPECT_EQ(load.config.catalog.password_file, "/etc/pgcloak/catalog.pass");
+
+  auto unreadable = parse_config(yaml, password_file_secrets(std::nullopt));
+  EXPECT_TRUE(has_issue(unreadable, 4, "catalog.password_file: cannot read")) << dump(unreadable);
+  auto empty = parse_config(yaml, password_file_secrets("\n"));
+  EXPECT_TRUE(has_issue(empty, 4, "is empty")) << dump(empty);
+}
+
+TEST(AuthConfigTest, ScramNeedsACatalogLogin) {
+  auto no_password = parse_config("log:\n  level: info\nauth:\n  mode: scram\n");
+  EXPECT_TRUE(has_issue(no_password, 4, "auth.mode scram needs a password for the catalog login"))
+      << dump(no_password);
+  EXPECT_EQ(no_password.issues.size(), 1U) << dump(no_password);
+
+  auto no_user = parse_config("auth:\n  mode: scram\ncatalog:\n  user: \"\"\n  password: x\n");
+  EXPECT_TRUE(has_issue(no_user, 4, "auth.mode scram needs catalog.user")) << dump(no_user);
+
+  auto both = parse_config(
+      "catalog:\n  password: x\n  password_file: /etc/pgcloak/catalog.pass\nauth:\n  mode: scram\n",
+      password_file_secrets("y"));
+  EXPECT_TRUE(has_issue(both, 3, "either password or password_file, not both")) << dump(both);
+
+  auto no_param = parse_config("auth:\n  mode: scram\n  auth_query: SELECT 1, 2\ncatalog:\n  password: x\n");
+  EXPECT_TRUE(has_issue(no_param, 3, "must take the login name as $1")) << dump(no_param);
+
+  // Passthrough needs none of it.
+  EXPECT_TRUE(parse_config("auth:\n  mode: passthrough\n").ok());
+}
+
+TEST(AuthConfigTest, WrongKeysAndValuesAreReportedWithTheirLines) {
+  auto load = parse_config(R"(auth:
+  mode: ldap
+  verifier_cache_ttl: soon
+  cache_ttl: 1s
+catalog:
+  usr: pgcloak
+  password: [a, b]
+)");
+  ASSERT_FALSE(load.ok());
+  EXPECT_TRUE(has_issue(load, 2, "auth.mode must be one of passthrough, scram, not \"ldap\"")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 3, "auth.verifier_cache_ttl")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 4, "unknown key \"cache_ttl\" in auth")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 6, "unknown key \"usr\" in catalog")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 7, "catalog.password must be a string")) << dump(load);
+}
+
+TEST(CatalogConfigTest, DbnameAndRefreshInterval) {
+  auto defaults = parse_config("");
+  ASSERT_TRUE(defaults.ok()) << dump(defaults);
+  EXPECT_EQ(defaults.config.catalog.dbname, "");
+  EXPECT_EQ(defaults.config.catalog.refresh_interval, Duration(60000));
+
+  auto set = parse_config("catalog:\n  dbname: shop\n  refresh_interval: 5s\n");
+  ASSERT_TRUE(set.ok()) << dump(set);
+  EXPECT_EQ(set.config.catalog.dbname, "shop");
+  EXPECT_EQ(set.config.catalog.refresh_interval, Duration(5000));
+
+  auto too_short = parse_config("catalog:\n  refresh_interval: 500ms\n");
+  EXPECT_TRUE(has_issue(too_short, 2, "catalog.refresh_interval must be at least 1s")) << dump(too_short);
+  auto bad = parse_config("catalog:\n  refresh_interval: often\n");
+  EXPECT_TRUE(has_issue(bad, 2, "catalog.refresh_interval")) << dump(bad);
+}
+
+TEST(CatalogConfigTest, ProtectedColumnsNeedADatabase) {
+  const std::string masking = "masking:\n  protected_columns: [{column: a.b.c, category: email}]\n";
+  auto missing = parse_config(masking, fake_secrets());
+  EXPECT_TRUE(has_issue(missing, 2, "masking.protected_columns needs catalog.dbname")) << dump(missing);
+  EXPECT_EQ(missing.issues.size(), 1U) << dump(missing);
+  auto empty = parse_config(masking + "catalog:\n  dbname: \"\"\n", fake_secrets());
+  EXPECT_TRUE(has_issue(empty, 4, "needs catalog.dbname")) << dump(empty);
+  EXPECT_TRUE(parse_config(masking + "catalog:\n  dbname: shop\n", fake_secrets()).ok());
+  // Without protected columns masking is off and no database is needed.
+  EXPECT_TRUE(parse_config("masking:\n  policies: []\n", fake_secrets()).ok());
 }
 
 }  // namespace

@@ -126,6 +126,8 @@ masking:
         national_id: deny
   default_policy:
     default: redact
+catalog:
+  dbname: shop
 )";
 
 inline std::shared_ptr<const rules::Protection> shop_protection() {

@@ -54,6 +54,7 @@ int main(int argc, char** argv) {
   yaml +=
       "  policies:\n    - name: tool\n      roles: [tool]\n      rules:\n        s.t.c: " + opt["--rule"] +
       "\n";
+  yaml += "catalog:\n  dbname: tool\n";  // masking needs one; never connected to
   SecretSources secrets;
   secrets.get_env = [&](const std::string&) -> std::optional<std::string> { return opt["--key"]; };
   auto load = parse_config(yaml, secrets);

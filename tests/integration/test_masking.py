@@ -1,0 +1,191 @@
+"""Masking end to end: the shop fixture behind pgcloak with the demo policies,
+as analyst and support (masked) and admin (unmasked), through psycopg in the
+simple and extended protocol, text and binary, cursors and COPY.
+
+The core property: no raw value of a protected column ever reaches a masked
+client, in rows, errors or notices; unmasked roles see exactly what
+PostgreSQL returns directly."""
+from __future__ import annotations
+
+import re
+
+import psycopg
+import pytest
+
+from shop import SHOP_PASSWORDS
+
+MASK_KEY = "integration-test-mask-key-0123456789abcdef"
+
+MASKING = {
+    "hash_key_env": "PGCLOAK_MASK_KEY",
+    "protected_columns": [
+        {"column": "public.customers.full_name", "category": "person_name"},
+        {"column": "public.customers.email", "category": "email"},
+        {"column": "public.customers.phone", "category": "phone"},
+        {"column": "public.customers.ssn", "category": "national_id"},
+        {"column": "public.customers.card_number", "category": "card_number"},
+        {"column": "public.customers.birth_date", "category": "birth_date"},
+        {"column": "public.customers.address", "category": "address"},
+        {"column": "public.customers.notes", "category": "free_text"},
+        {"column": "public.payments.card_number", "category": "card_number"},
+    ],
+    "policies": [
+        {"name": "admins", "roles": ["data_admins", "app_services"], "default": "allow"},
+        {"name": "support", "roles": ["support_team"], "default": "redact", "rules": {
+            "email": "email",
+            "phone": {"mask": "partial", "keep_first": 0, "keep_last": 2, "fill": "*"},
+            "card_number": "last4",
+            "birth_date": {"mask": "generalize", "to": "year"},
+            "national_id": "redact",
+            "person_name": "allow",
+            "free_text": "redact_patterns",
+        }},
+        {"name": "analytics", "roles": ["analytics_team"], "default": "redact", "rules": {
+            "email": "hash",
+        }},
+    ],
+}
+
+# notes is free text masked with redact_patterns: a note without personal
+# data stays as it is, so leak checks look for the other columns' values
+# (which is also what a note would leak).
+PROTECTED = ["email", "phone", "ssn", "card_number", "address"]
+
+
+@pytest.fixture(scope="module")
+def raw_values(shop):
+    """Every protected value in the fixture, for leak checks."""
+    with shop.admin() as c:
+        rows = c.execute(f"SELECT {', '.join(PROTECTED)} FROM customers").fetchall()
+    values = set()
+    for row in rows:
+        for v in row:
+            if v is not None and len(v) >= 6:
+                values.add(v)
+    return values
+
+
+@pytest.fixture
+def masked_proxy(pgcloak, shop, monkeypatch):
+    monkeypatch.setenv("PGCLOAK_MASK_KEY", MASK_KEY)
+    return pgcloak(masking=MASKING,
+                   catalog={"user": "pgcloak", "password": SHOP_PASSWORDS["pgcloak"], "dbname": shop.dbname,
+                            "refresh_interval": "60s"})
+
+
+def connect(proxy, user, **kw):
+    conn = psycopg.connect(proxy.dsn(user=user, dbname="shop", password=SHOP_PASSWORDS[user]), autocommit=True, **kw)
+    return conn
+
+
+def wait_for_masking(conn):
+    """The catalog loads asynchronously at start; until then statements are refused (fail closed)."""
+    import time
+    for _ in range(100):
+        try:
+            conn.execute("SELECT 1 FROM customers LIMIT 1").fetchall()
+            return
+        except psycopg.errors.CannotConnectNow:
+            time.sleep(0.1)
+    raise AssertionError("the masking catalog did not load within 10 s")
+
+
+def assert_no_leak(rows, raw_values):
+    for row in rows:
+        for v in row:
+            if isinstance(v, str):
+                assert v not in raw_values, f"raw protected value leaked: {v!r}"
+                for word in re.findall(r"[\w.+-]+@[\w.-]+|\+?[\d-]{11,}", v):
+                    assert word not in raw_values, f"raw protected value leaked inside text: {word!r}"
+
+
+def test_support_sees_partial_masks(masked_proxy, shop, raw_values):
+    with connect(masked_proxy, "support") as c:
+        wait_for_masking(c)
+        rows = c.execute("SELECT id, email, phone, card_number, ssn, birth_date FROM customers "
+                         "WHERE phone IS NOT NULL ORDER BY id LIMIT 50").fetchall()
+    assert len(rows) == 50
+    for _, email, phone, card, ssn, birth in rows:
+        assert email is None or re.fullmatch(r".\*\*\*@[a-z.]+", email), email
+        assert re.fullmatch(r"\*+\d\d", phone), phone
+        assert card is None or re.fullmatch(r"\*{4}-\*{4}-\*{4}-\d{4}", card), card
+        assert ssn is None or ssn == "***"
+        assert birth is None or (birth.month == 1 and birth.day == 1)
+    assert_no_leak(rows, raw_values)
+
+
+def test_analyst_hash_is_deterministic_and_joins(masked_proxy, raw_values):
+    with connect(masked_proxy, "analyst") as c:
+        wait_for_masking(c)
+        a = c.execute("SELECT id, email FROM customers ORDER BY id LIMIT 20").fetchall()
+        b = c.execute("SELECT c1.id, c2.email FROM customers c1 JOIN customers c2 ON c1.email = c2.email "
+                      "ORDER BY c1.id LIMIT 20").fetchall()
+    assert a == b
+    assert all(e is None or re.fullmatch(r"[0-9a-f]{16}", e) for _, e in a)
+    assert_no_leak(a, raw_values)
+
+
+def test_predicates_see_only_masked_values(masked_proxy, shop):
+    with shop.admin() as adm:
+        email = adm.execute("SELECT email FROM customers WHERE id = 1").fetchone()[0]
+    with connect(masked_proxy, "support") as c:
+        wait_for_masking(c)
+        # Comparing with the real value finds nothing: WHERE sees the mask.
+        assert c.execute("SELECT count(*) FROM customers WHERE email = %s", (email,)).fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM customers WHERE email LIKE %s", (email[:3] + "%",)).fetchone()[0] in (0, )
+        # Extended protocol, binary results.
+        cur = c.cursor(binary=True)
+        cur.execute("SELECT email FROM customers WHERE id = %s", (1,))
+        assert cur.fetchone()[0] != email
+
+
+def test_refusal_is_42501_and_session_continues(masked_proxy):
+    with connect(masked_proxy, "support") as c:
+        wait_for_masking(c)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+            c.execute("SET ROLE data_admins")
+        assert "rule deny:set-role" in str(e.value)
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_refusal_inside_transaction_aborts_it_like_postgres(masked_proxy):
+    with connect(masked_proxy, "support") as c:
+        wait_for_masking(c)
+        c.execute("BEGIN")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SELECT query_to_xml('select 1', true, true, '')")
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            c.execute("SELECT 1")
+        c.execute("ROLLBACK")
+        assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+def test_key_detail_is_scrubbed(masked_proxy):
+    with connect(masked_proxy, "support") as c:
+        wait_for_masking(c)
+        c.execute("CREATE TEMP TABLE seen (e text PRIMARY KEY)")
+        c.execute("INSERT INTO seen SELECT email FROM customers WHERE id = 1")
+        with pytest.raises(psycopg.errors.UniqueViolation) as e:
+            c.execute("INSERT INTO seen SELECT email FROM customers WHERE id = 1")
+        assert "pgcloak removed" in e.value.diag.message_detail
+
+
+def test_admin_results_identical_to_direct(masked_proxy, shop):
+    q = "SELECT * FROM customers ORDER BY id LIMIT 200"
+    with shop.connect("admin") as d, connect(masked_proxy, "admin") as p:
+        assert d.execute(q).fetchall() == p.execute(q).fetchall()
+
+
+def test_copy_and_cursor_are_masked(masked_proxy, raw_values):
+    with connect(masked_proxy, "support") as c:
+        wait_for_masking(c)
+        with c.cursor() as cur:
+            with cur.copy("COPY customers (id, email, ssn) TO STDOUT") as cp:
+                rows = [r for r in cp.rows()]
+        assert len(rows) == 10000
+        assert_no_leak(rows, raw_values)
+        c.execute("BEGIN")
+        c.execute("DECLARE k CURSOR FOR SELECT notes FROM customers")
+        fetched = c.execute("FETCH 500 FROM k").fetchall()
+        c.execute("COMMIT")
+        assert_no_leak(fetched, raw_values)
