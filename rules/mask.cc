@@ -10,7 +10,7 @@ namespace pgcloak::rules {
 
 namespace {
 
-constexpr std::pair<MaskKind, std::string_view> kMaskNames[] = {
+constexpr std::pair<MaskKind, std::string_view> mask_names[] = {
     {MaskKind::allow, "allow"},
     {MaskKind::deny, "deny"},
     {MaskKind::redact, "redact"},
@@ -28,14 +28,14 @@ constexpr std::pair<MaskKind, std::string_view> kMaskNames[] = {
 }  // namespace
 
 std::string_view to_string(MaskKind kind) {
-  for (const auto& [k, n] : kMaskNames) {
+  for (const auto& [k, n] : mask_names) {
     if (k == kind) return n;
   }
   return "?";
 }
 
 std::optional<MaskKind> mask_kind_from_string(std::string_view name) {
-  for (const auto& [k, n] : kMaskNames) {
+  for (const auto& [k, n] : mask_names) {
     if (n == name) return k;
   }
   return std::nullopt;

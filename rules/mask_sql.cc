@@ -11,7 +11,7 @@ namespace pgcloak::rules {
 
 namespace {
 
-constexpr uint32_t kFirstNormalObjectId = 16384;
+constexpr uint32_t first_normal_object_id = 16384;
 
 Error mask_error(std::string msg, std::string hint = {}) {
   return Error::make(sqlstate::insufficient_privilege, std::move(msg), Severity::error, std::move(hint));
@@ -244,7 +244,7 @@ std::string cast_type_name(const ColumnType& type) {
   bool bare = !n.empty() && std::all_of(n.begin(), n.end(), [](unsigned char c) {
     return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
   });
-  if (type.oid < kFirstNormalObjectId && bare && !keywords.count(n)) return "pg_catalog." + n;
+  if (type.oid < first_normal_object_id && bare && !keywords.count(n)) return "pg_catalog." + n;
   return n;
 }
 
@@ -370,7 +370,7 @@ namespace {
 
 // The placeholder column used while parsing; a template that spells it out
 // itself is refused, so every column reference we find is one of ours.
-constexpr std::string_view kPlaceholderColumn = "pgcloak_mask_value_placeholder";
+constexpr std::string_view placeholder_column = "pgcloak_mask_value_placeholder";
 
 // pg_catalog functions a custom template may call: pure, total on ordinary
 // input, and unable to run SQL or touch files.
@@ -456,7 +456,7 @@ struct Walk {
       if (key == "RowExpr") return custom_error("row constructors are not allowed: a mask gives one value");
       if (key == "ColumnRef") {
         auto fields = name_list(v["fields"]);
-        if (fields.size() != 1 || fields[0] != kPlaceholderColumn) {
+        if (fields.size() != 1 || fields[0] != placeholder_column) {
           return custom_error("references to columns other than {value} are not allowed");
         }
         ++placeholders;
@@ -502,7 +502,7 @@ Status validate_custom_expression(std::string_view expression,
                                   const std::vector<std::string>& extra_functions) {
   if (expression.empty()) return custom_error("expression is empty");
   if (has_nul(expression)) return custom_error("expression contains a NUL character");
-  if (expression.find(kPlaceholderColumn) != std::string_view::npos) {
+  if (expression.find(placeholder_column) != std::string_view::npos) {
     return custom_error("expression must not spell the internal placeholder name");
   }
   std::string sql = "SELECT (";
@@ -512,7 +512,7 @@ Status validate_custom_expression(std::string_view expression,
     auto at = rest.find(mask_value_placeholder);
     if (at == std::string_view::npos) break;
     sql += rest.substr(0, at);
-    sql += kPlaceholderColumn;
+    sql += placeholder_column;
     rest.remove_prefix(at + mask_value_placeholder.size());
     ++textual;
   }

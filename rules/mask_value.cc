@@ -233,7 +233,7 @@ std::optional<std::string> generalize_number(uint64_t bucket, const ColumnType& 
 // scanning UTF-8 characters.
 
 using Matcher = size_t (*)(std::string_view s, size_t at);  // end, or npos
-constexpr size_t kNoMatch = std::string_view::npos;
+constexpr size_t no_match = std::string_view::npos;
 
 std::string replace_all(std::string_view s, Matcher m, std::string_view replacement) {
   std::string out;
@@ -241,7 +241,7 @@ std::string replace_all(std::string_view s, Matcher m, std::string_view replacem
   size_t copied = 0;
   while (i < s.size()) {
     size_t end = m(s, i);
-    if (end == kNoMatch || end == i) {
+    if (end == no_match || end == i) {
       ++i;
       continue;
     }
@@ -257,7 +257,7 @@ std::string replace_all(std::string_view s, Matcher m, std::string_view replacem
 // in total, ending at a digit not followed by a digit. Longest end, or npos.
 size_t digit_chain(std::string_view s, size_t p, size_t max_sep, std::string_view seps, int min_digits,
                    int max_digits) {
-  size_t best = kNoMatch;
+  size_t best = no_match;
   int count = 0;
   while (p < s.size() && is_digit(s[p])) {
     while (p < s.size() && is_digit(s[p])) {
@@ -281,12 +281,12 @@ bool digit_before(std::string_view s, size_t at) {
 size_t match_email(std::string_view s, size_t at) {
   auto local = [](char c) { return is_alnum(c) || c == '.' || c == '_' || c == '%' || c == '+' || c == '-'; };
   auto domain = [](char c) { return is_alnum(c) || c == '.' || c == '-'; };
-  if (!local(s[at])) return kNoMatch;
+  if (!local(s[at])) return no_match;
   size_t r = at;
   while (r < s.size() && local(s[r])) ++r;
-  if (r >= s.size() || s[r] != '@') return kNoMatch;
+  if (r >= s.size() || s[r] != '@') return no_match;
   size_t d = r + 1;
-  size_t best = kNoMatch;
+  size_t best = no_match;
   size_t letters = 0;
   for (size_t j = d; j < s.size() && domain(s[j]); ++j) {
     letters = is_alpha(s[j]) ? letters + 1 : 0;
@@ -297,29 +297,29 @@ size_t match_email(std::string_view s, size_t at) {
 
 // (?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])
 size_t match_card(std::string_view s, size_t at) {
-  if (!is_digit(s[at]) || digit_before(s, at)) return kNoMatch;
+  if (!is_digit(s[at]) || digit_before(s, at)) return no_match;
   return digit_chain(s, at, 1, " -", 13, 19);
 }
 
 // (?<![0-9])[0-9]{3}-[0-9]{2}-[0-9]{4}(?![0-9])
 size_t match_ssn(std::string_view s, size_t at) {
-  if (digit_before(s, at) || at + 11 > s.size()) return kNoMatch;
+  if (digit_before(s, at) || at + 11 > s.size()) return no_match;
   static constexpr std::string_view shape = "ddd-dd-dddd";
   for (size_t k = 0; k < shape.size(); ++k) {
     char c = s[at + k];
-    if (shape[k] == 'd' ? !is_digit(c) : c != '-') return kNoMatch;
+    if (shape[k] == 'd' ? !is_digit(c) : c != '-') return no_match;
   }
-  if (at + 11 < s.size() && is_digit(s[at + 11])) return kNoMatch;
+  if (at + 11 < s.size() && is_digit(s[at + 11])) return no_match;
   return at + 11;
 }
 
 // (?<![0-9])[+]?[(]?[0-9](?:[ .()-]{0,2}[0-9]){6,14}(?![0-9])
 size_t match_phone(std::string_view s, size_t at) {
-  if (digit_before(s, at)) return kNoMatch;
+  if (digit_before(s, at)) return no_match;
   size_t p = at;
   if (s[p] == '+') ++p;
   if (p < s.size() && s[p] == '(') ++p;
-  if (p >= s.size() || !is_digit(s[p])) return kNoMatch;
+  if (p >= s.size() || !is_digit(s[p])) return no_match;
   return digit_chain(s, p, 2, " .()-", 7, 15);
 }
 
