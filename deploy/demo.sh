@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # pgcloak demo: a PostgreSQL 15 cluster with the `shop` fixture (fake customer
 # data, group roles; see deploy/fixture/README.md), and pgcloak in front of it
-# with TLS required.
+# with TLS required and per-role column masking on (docs/masking.md).
 #
 #   deploy/demo.sh [start]   install packages, build, (re)create and start it all
 #   deploy/demo.sh stop      stop pgcloak, then the demo cluster
 #   deploy/demo.sh status    say what is running
 #
 # Everything lives in .demo/ at the repository root (git-ignored). `start` is
-# idempotent: it stops a previous demo, recreates the cluster and the
-# certificate from scratch, and starts again.
+# idempotent: it stops a previous demo, recreates the cluster, the
+# certificate and the mask key from scratch, and starts again.
 #
 # Environment:
 #   DEMO_PG_PORT=55432       port of the demo PostgreSQL (127.0.0.1 + socket)
@@ -33,6 +33,10 @@ TLS_DIR="$DEMO_DIR/tls"
 CONFIG="$DEMO_DIR/pgcloak.yaml"
 PID_FILE="$DEMO_DIR/pgcloak.pid"
 LOG_FILE="$DEMO_DIR/pgcloak.log"
+# Secrets, mode 600: the key of the hash and pseudonym masks (random, new on
+# every start) and the password of pgcloak's catalog login.
+MASK_KEY_FILE="$DEMO_DIR/mask.key"
+CATALOG_PASSWORD_FILE="$DEMO_DIR/catalog.password"
 PG_PORT=${DEMO_PG_PORT:-55432}
 PROXY_PORT=${DEMO_PGCLOAK_PORT:-6432}
 SCALE=${DEMO_SCALE:-1}
@@ -108,6 +112,13 @@ cmd_status() {
   local pid rc=0
   if pid=$(pgcloak_pid); then
     say "pgcloak running (pid $pid), log $LOG_FILE"
+    local loaded
+    loaded=$(grep -o 'masking catalog generation [0-9]* loaded.*' "$LOG_FILE" 2>/dev/null | tail -n 1 || true)
+    if [[ -n $loaded ]]; then
+      say "masking on: ${loaded%% from *} (${loaded##*: })"
+    else
+      say "masking on, but its catalog has not loaded: masked sessions are refused (see the log)"
+    fi
   else
     say "pgcloak not running"; rc=1
   fi
@@ -178,7 +189,152 @@ timeouts:
   shutdown_grace: 5s
 log:
   level: info
+# pgcloak's own connection to PostgreSQL: it reads shop's catalog (tables,
+# views, partitions, functions, role memberships) to resolve the masking
+# rules. The pgcloak login has no table privileges.
+catalog:
+  user: pgcloak
+  password_file: "$CATALOG_PASSWORD_FILE"
+  dbname: shop
+  # Re-read this often, and at once after DDL that pgcloak analysed for a
+  # masked session. Objects created directly on PostgreSQL, or by admin and
+  # app (whose statements pass unanalysed), are seen at the next refresh.
+  refresh_interval: 10s
+# Per-role column masking (docs/masking.md). Policies name the fixture's
+# group roles, never the logins; the first policy naming a group the login
+# belongs to (nested groups included) applies.
+masking:
+  hash_key_file: "$MASK_KEY_FILE"
+  protected_columns:
+    - {column: public.customers.full_name,   category: person_name}
+    - {column: public.customers.email,       category: email}
+    - {column: public.customers.phone,       category: phone}
+    - {column: public.customers.ssn,         category: national_id}
+    - {column: public.customers.card_number, category: card_number}
+    - {column: public.customers.birth_date,  category: birth_date}
+    - {column: public.customers.address,     category: address}
+    - {column: public.customers.notes,       category: free_text}
+    - {column: public.payments.card_number,  category: card_number}
+  policies:
+    # admin: sees everything.
+    - name: admins
+      roles: [data_admins]
+      default: allow
+    # app: the application's service account, unmasked. Its statements pass
+    # through byte for byte.
+    - name: application
+      roles: [app_services]
+      default: allow
+    # support: enough to recognise a customer on the phone.
+    - name: support
+      roles: [support_team]
+      default: redact                    # address and anything not listed
+      rules:
+        person_name: allow
+        email: email                     # j***@example.com
+        phone: {mask: partial, keep_first: 0, keep_last: 4, fill: "*"}
+        card_number: last4               # ****-****-****-4242
+        birth_date: {mask: generalize, to: year}   # 1987-01-01
+        national_id: redact              # ***
+        free_text: redact_patterns       # emails, cards, SSNs, phones in notes
+    # analyst (via bi_readers): everything personal masked; the email is a
+    # keyed hash, so joins and GROUP BY on it still work.
+    - name: analytics
+      roles: [analytics_team]
+      default: redact
+      rules:
+        email: {mask: hash, length: 16}
+  # Logins no policy names (none in the fixture): everything redacted.
+  default_policy: {default: redact, rules: {}}
 EOF
+}
+
+# The mask key (32 random bytes, hex) and the catalog login's password, both
+# readable by their owner only.
+write_secrets() {
+  (
+    umask 077
+    rm -f "$MASK_KEY_FILE" "$CATALOG_PASSWORD_FILE"
+    openssl rand -hex 32 >"$MASK_KEY_FILE"
+    password_for pgcloak >"$CATALOG_PASSWORD_FILE"
+  ) || die "cannot write the demo secrets into $DEMO_DIR"
+  chmod 600 "$MASK_KEY_FILE" "$CATALOG_PASSWORD_FILE"
+}
+
+# psql through pgcloak as a demo login, verifying pgcloak's certificate.
+# Prints the unaligned result (fields separated by |) or psql's error.
+via_pgcloak() {
+  local user=$1 sql=$2
+  PGPASSWORD=$(password_for "$user") PGCONNECT_TIMEOUT=10 psql -X -At -v ON_ERROR_STOP=1 \
+    "host=127.0.0.1 port=$PROXY_PORT dbname=shop user=$user sslmode=verify-full sslrootcert=$TLS_DIR/ca.crt" \
+    -c "$sql" 2>&1
+}
+
+# The same, directly on the demo PostgreSQL (for comparison).
+direct() {
+  local user=$1 sql=$2
+  PGPASSWORD=$(password_for "$user") PGCONNECT_TIMEOUT=10 psql -X -At -v ON_ERROR_STOP=1 \
+    "host=127.0.0.1 port=$PG_PORT dbname=shop user=$user sslmode=disable" -c "$sql" 2>&1
+}
+
+# pgcloak reads the catalog right after it starts; until the first read
+# succeeds it refuses every statement of every session with 57P03 (fail
+# closed).
+wait_for_masking() {
+  local i out
+  for ((i = 0; i < 150; i++)); do
+    if out=$(via_pgcloak analyst "SELECT 1 FROM customers LIMIT 1"); then return 0; fi
+    [[ $out == *"catalog has not loaded"* ]] || { echo "$out" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "$out" >&2
+  return 1
+}
+
+# Checks that each login sees what its policy says, on customer 1 (which has
+# every column set), and keeps what each saw in SEEN_* for the summary.
+SAMPLE_SQL="SELECT full_name, email, phone, ssn, card_number, birth_date FROM customers WHERE id = 1"
+verify_masking() {
+  local raw admin support analyst refused
+  raw=$(direct admin "$SAMPLE_SQL") || { echo "$raw" >&2; return 1; }
+  admin=$(via_pgcloak admin "$SAMPLE_SQL") || { echo "$admin" >&2; return 1; }
+  support=$(via_pgcloak support "$SAMPLE_SQL") || { echo "$support" >&2; return 1; }
+  analyst=$(via_pgcloak analyst "$SAMPLE_SQL") || { echo "$analyst" >&2; return 1; }
+  local r_name r_email r_phone r_ssn r_card r_birth
+  IFS='|' read -r r_name r_email r_phone r_ssn r_card r_birth <<<"$raw"
+  local s_name s_email s_phone s_ssn s_card s_birth
+  IFS='|' read -r s_name s_email s_phone s_ssn s_card s_birth <<<"$support"
+  local a_name a_email a_phone a_ssn a_card a_birth
+  IFS='|' read -r a_name a_email a_phone a_ssn a_card a_birth <<<"$analyst"
+  local bad=()
+  [[ -n $r_email && -n $r_phone && -n $r_ssn && -n $r_card && -n $r_birth ]] ||
+    bad+=("customer 1 has NULLs; the checks below need every column set")
+  [[ $admin == "$raw" ]] || bad+=("admin does not see the stored values: '$admin'")
+  [[ $s_name == "$r_name" ]] || bad+=("support: full_name should be unmasked, is '$s_name'")
+  [[ $s_email == "${r_email:0:1}***@${r_email##*@}" ]] || bad+=("support: email is '$s_email'")
+  [[ $s_phone =~ ^\*+[0-9]{4}$ && ${s_phone: -4} == "${r_phone: -4}" ]] ||
+    bad+=("support: phone is '$s_phone'")
+  [[ $s_ssn == '***' ]] || bad+=("support: ssn is '$s_ssn'")
+  [[ $s_card =~ ^\*{4}-\*{4}-\*{4}-[0-9]{4}$ && ${s_card: -4} == "${r_card: -4}" ]] ||
+    bad+=("support: card_number is '$s_card'")
+  [[ $s_birth == "${r_birth:0:4}-01-01" ]] || bad+=("support: birth_date is '$s_birth'")
+  [[ $a_email =~ ^[0-9a-f]{16}$ ]] || bad+=("analyst: email is '$a_email'")
+  [[ $a_name == '***' && $a_phone == '***' && $a_ssn == '***' && $a_card == '***' ]] ||
+    bad+=("analyst: full_name/phone/ssn/card_number are '$a_name' '$a_phone' '$a_ssn' '$a_card'")
+  [[ $a_birth == 1900-01-01 ]] || bad+=("analyst: birth_date is '$a_birth'")
+  # A refusal: a masked login cannot switch to an unmasked role.
+  if refused=$(via_pgcloak support "SET ROLE data_admins"); then
+    bad+=("support: SET ROLE data_admins was not refused")
+  elif [[ $refused != *"rule deny:set-role"* ]]; then
+    bad+=("support: SET ROLE data_admins failed in an unexpected way: $refused")
+  fi
+  if ((${#bad[@]})); then
+    printf '  %s\n' "${bad[@]}" >&2
+    return 1
+  fi
+  SEEN_ADMIN="$r_email | $r_ssn | $r_card | $r_birth"
+  SEEN_SUPPORT="$s_email | $s_ssn | $s_card | $s_birth"
+  SEEN_ANALYST="$a_email | $a_ssn | $a_card | $a_birth"
 }
 
 cmd_start() {
@@ -216,10 +372,12 @@ cmd_start() {
     die "loading the shop fixture failed"
   say "$loaded"
 
+  say "generating a random mask key in $MASK_KEY_FILE (mode 600)"
+  write_secrets
   write_config
   "$PGCLOAK_BIN" --check-config "$CONFIG" >/dev/null || die "pgcloak rejected $CONFIG"
 
-  say "starting pgcloak on 127.0.0.1:$PROXY_PORT"
+  say "starting pgcloak on 127.0.0.1:$PROXY_PORT with masking on"
   if [[ -f $LOG_FILE ]]; then mv -f "$LOG_FILE" "$LOG_FILE.1"; fi
   nohup "$PGCLOAK_BIN" --config "$CONFIG" >"$LOG_FILE" 2>&1 </dev/null &
   local pid=$!
@@ -237,24 +395,32 @@ cmd_start() {
   done
   ((up)) || { stop_pgcloak; die "pgcloak did not accept connections within 15s; see $LOG_FILE"; }
 
+  wait_for_masking || {
+    stop_pgcloak
+    die "pgcloak did not load the masking catalog within 15s; see $LOG_FILE"
+  }
   local out
-  if ! out=$(PGPASSWORD=$(password_for analyst) PGCONNECT_TIMEOUT=10 psql -X -At \
-      "host=127.0.0.1 port=$PROXY_PORT dbname=shop user=analyst sslmode=verify-full sslrootcert=$TLS_DIR/ca.crt" \
-      -c "SELECT count(*) FROM customers" 2>&1) || [[ $out != $((SCALE * 10000)) ]]; then
+  if ! out=$(via_pgcloak analyst "SELECT count(*) FROM customers") || [[ $out != $((SCALE * 10000)) ]]; then
     echo "$out" >&2
+    stop_pgcloak
     die "a test query through pgcloak failed; see $LOG_FILE"
   fi
   say "verified: a TLS query through pgcloak returned $out customers"
+  # Do not leave a gateway running that masks wrongly.
+  verify_masking || { stop_pgcloak; die "masking does not work as configured; see $LOG_FILE"; }
+  say "verified: admin sees stored values, support partial masks, analyst hashes and redactions," \
+    "SET ROLE is refused"
 
   local r
   cat <<EOF
 
-pgcloak is running in front of the demo database.
+pgcloak is running in front of the demo database, masking by role.
 
   pgcloak     127.0.0.1:$PROXY_PORT  (TLS required)   pid $pid
   PostgreSQL  127.0.0.1:$PG_PORT (direct, for comparison), data in $PG_DIR
   pgcloak log $LOG_FILE
-  config      $CONFIG
+  config      $CONFIG (masking policies: docs/masking.md)
+  mask key    $MASK_KEY_FILE (random, mode 600, new on every start)
 
 Connect through pgcloak as each login (demo passwords, loopback only):
 
@@ -266,18 +432,48 @@ EOF
   cat <<EOF
 
 Groups: admin -> data_admins, app -> app_services, support -> support_team,
-analyst -> bi_readers -> analytics_team. The login pgcloak (password
-$(password_for pgcloak)) is for pgcloak's own catalog connection and may call
+analyst -> bi_readers -> analytics_team. The policies name the groups:
+data_admins and app_services see everything; support_team sees names,
+partial emails/phones/cards and birth years; analytics_team sees a keyed hash
+of the email and nothing else personal. The login pgcloak (password
+$(password_for pgcloak)) is pgcloak's own catalog connection and may call
 pgcloak.get_auth(); see deploy/fixture/README.md.
+
+Customer 1 (email | ssn | card_number | birth_date) as seen through pgcloak:
+
+  admin    $SEEN_ADMIN
+  support  $SEEN_SUPPORT
+  analyst  $SEEN_ANALYST
 EOF
+  local url_admin url_support url_analyst
+  url_admin="postgresql://admin:$(password_for admin)@127.0.0.1:$PROXY_PORT/shop?sslmode=require"
+  url_support="postgresql://support:$(password_for support)@127.0.0.1:$PROXY_PORT/shop?sslmode=require"
+  url_analyst="postgresql://analyst:$(password_for analyst)@127.0.0.1:$PROXY_PORT/shop?sslmode=require"
   cat <<EOF
+
+Try the same query as each login, and see the difference:
+
+  Q='SELECT id, full_name, email, phone, ssn, card_number, birth_date, notes FROM customers ORDER BY id LIMIT 5'
+  psql "$url_admin" -c "\$Q"
+  psql "$url_support" -c "\$Q"
+  psql "$url_analyst" -c "\$Q"
+
+The analyst's hashed email still joins and groups (orders per customer):
+
+  psql "$url_analyst" -c "SELECT c.email, count(*) FROM customers c JOIN orders o ON o.customer_id = c.id GROUP BY c.email ORDER BY 2 DESC, 1 LIMIT 3"
+
+Predicates only ever see the masked value, and what cannot be masked is
+refused with SQLSTATE 42501 and the rule's name:
+
+  psql "$url_support" -c "SELECT count(*) FROM customers WHERE ssn LIKE '1%'"
+  psql "$url_support" -c "SET ROLE data_admins"
+
+The first returns 0, because support's ssn is '***'. The second is refused
+with rule deny:set-role.
 
 To also verify pgcloak's certificate (self-signed demo CA):
 
   psql "postgresql://analyst:$(password_for analyst)@localhost:$PROXY_PORT/shop?sslmode=verify-full&sslrootcert=$TLS_DIR/ca.crt"
-
-Try:  SELECT full_name, email, ssn, card_number, notes FROM customers LIMIT 5;
-      (masking is planned; today pgcloak forwards results unchanged)
 
 Stop everything:  deploy/demo.sh stop
 EOF

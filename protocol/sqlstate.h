@@ -13,6 +13,7 @@ inline constexpr std::string_view protocol_violation = "08P01";
 inline constexpr std::string_view invalid_authorization_specification = "28000";
 inline constexpr std::string_view invalid_password = "28P01";
 inline constexpr std::string_view feature_not_supported = "0A000";
+inline constexpr std::string_view object_not_in_prerequisite_state = "55000";
 inline constexpr std::string_view syntax_error = "42601";
 inline constexpr std::string_view insufficient_privilege = "42501";
 inline constexpr std::string_view invalid_parameter_value = "22023";

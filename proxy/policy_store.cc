@@ -112,6 +112,7 @@ Status PolicyStore::refresh() {
   // as new as the one this caller asked for.
   if (last_outcome_ && covered_ >= ticket) return *last_outcome_;
   const uint64_t covers = requests_.load();
+  const uint64_t marks = stale_marks_.load();
   const auto started = std::chrono::steady_clock::now();
   auto loaded = loader_ ? loader_()
                         : Result<std::shared_ptr<rules::Catalog>>(
@@ -119,6 +120,9 @@ Status PolicyStore::refresh() {
   Status outcome = ok_status();
   if (loaded) {
     install(std::move(loaded).value(), std::chrono::steady_clock::now() - started);
+    uint64_t seen = fresh_through_.load();
+    while (seen < marks && !fresh_through_.compare_exchange_weak(seen, marks)) {
+    }
   } else {
     const Error& e = loaded.error();
     bool first = false;
@@ -175,6 +179,11 @@ void PolicyStore::install(std::shared_ptr<rules::Catalog> catalog, std::chrono::
             std::to_string(ms) + " ms: " + std::to_string(relations) + " relations (" +
             std::to_string(protection->relations().size()) + " protected), " + std::to_string(roles) +
             " roles");
+}
+
+void PolicyStore::mark_stale() {
+  stale_marks_.fetch_add(1);
+  request_refresh();
 }
 
 void PolicyStore::request_refresh() {

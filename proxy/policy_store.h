@@ -70,6 +70,13 @@ class PolicyStore {
   // Any thread: asks catalog_refresher() for a refresh soon (e.g. after a
   // session ran DDL). Requests made before that refresh starts coalesce.
   void request_refresh();
+  // Any thread: DDL passed through pgcloak (or a transaction that ran DDL
+  // ended), so the catalog in use may miss a new view, function or renamed
+  // table. Until a load that started after this call has finished, stale()
+  // is true and masked sessions analyse every statement strictly
+  // (rules::AnalysisMode::strict). Also requests a refresh.
+  void mark_stale();
+  bool stale() const { return stale_marks_.load() > fresh_through_.load(); }
   // Ends catalog_refresher() (server shutdown).
   void stop();
 
@@ -90,6 +97,8 @@ class PolicyStore {
 
   std::shared_ptr<const rules::MaskingConfig> masking_;
   rules::Duration refresh_interval_;
+  std::atomic<uint64_t> stale_marks_{0};
+  std::atomic<uint64_t> fresh_through_{0};
   Loader loader_;
   std::string source_;  // for log lines: where the catalog comes from
 

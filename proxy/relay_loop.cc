@@ -19,6 +19,7 @@
 #include "protocol/frontend.h"
 #include "protocol/message_type.h"
 #include "proxy/log.h"
+#include "rules/mask_value.h"
 #include "rules/rewriter.h"
 
 namespace pgcloak::proxy {
@@ -43,6 +44,8 @@ constexpr int pass_budget = 16;
 // How long a closing connection may take to flush what it owes the client.
 constexpr auto close_linger = std::chrono::seconds(5);
 constexpr auto tick_interval = std::chrono::milliseconds(500);
+// Statement analyses kept per relay loop (rules/decision_cache.h).
+constexpr size_t decision_cache_bytes = size_t{16} << 20;
 
 constexpr auto make_type_table(std::initializer_list<uint8_t> types) {
   std::array<bool, 256> t{};
@@ -163,7 +166,10 @@ class RelayConnection {
   void client_frame(uint8_t type, Bytes frame, Buffer& out);
   void server_frame(uint8_t type, Bytes frame, Buffer& out);
   void on_server_header(uint8_t type);
-  rules::StatementDecision decide(std::string_view sql);
+  void note_ddl();
+  void backstop_columns(Bytes body);
+  void backstop_row(Bytes frame, Buffer& out);
+  std::shared_ptr<const rules::StatementDecision> decide(std::string_view sql);
   Io flush(Side& s, int& err);
   void update_interest(Side& s);
   bool from_client(Bytes chunk);
@@ -196,6 +202,22 @@ class RelayConnection {
   PolicyLookup policy_;
   bool masked_ = false;  // statements are analysed (policy masks something, or is unknown)
   std::deque<Expectation> expect_;
+  bool ddl_seen_ = false;  // DDL since the last idle ReadyForQuery
+  // Second line of defence (issue: "RowDescription origins are checked"):
+  // columns of the current result that PostgreSQL reports as coming
+  // straight from a protected column this policy masks. The rewriter should
+  // make this impossible (masked columns are expressions, without origin);
+  // if one arrives anyway its values are masked here and counted.
+  struct BackstopColumn {
+    size_t index;
+    rules::MaskSpec spec;
+    rules::ColumnType type;
+    bool refused;
+    bool binary;
+    std::string name;
+  };
+  std::vector<BackstopColumn> backstop_;
+  uint64_t backstop_hits_ = 0;
 
   // One ReadyForQuery answers each Query, Sync and FunctionCall; counting
   // them tells whether PostgreSQL still owes the client a response.
@@ -466,15 +488,17 @@ void RelayConnection::refresh_policy() {
     log::info(masked_ ? "masking is on for this session" : "masking is off for this session", id_);
 }
 
-rules::StatementDecision RelayConnection::decide(std::string_view sql) {
+std::shared_ptr<const rules::StatementDecision> RelayConnection::decide(std::string_view sql) {
   if (policy_.unavailable) {
-    rules::StatementDecision d;
-    d.action = rules::StatementDecision::Action::refuse;
-    d.rule = "policy-unavailable";
-    d.refusal = *policy_.unavailable;
+    auto d = std::make_shared<rules::StatementDecision>();
+    d->action = rules::StatementDecision::Action::refuse;
+    d->rule = "policy-unavailable";
+    d->refusal = *policy_.unavailable;
     return d;
   }
-  return rules::analyze_statement(sql, *policy_.policy);
+  const bool stale = hooks_.stale && hooks_.stale();
+  return loop_.decisions_.decide(sql, *policy_.policy,
+                                 stale ? rules::AnalysisMode::strict : rules::AnalysisMode::normal);
 }
 
 bool RelayConnection::from_client(Bytes chunk) {
@@ -494,7 +518,12 @@ bool RelayConnection::from_client(Bytes chunk) {
         } else if (type == fe::terminate) {
           saw_terminate = true;
         }
-        if (!masked_) return protocol::FrameAction::pass;
+        if (!masked_) {
+          // Unmasked sessions are not analysed, but DDL they run must
+          // refresh the catalog masked sessions depend on.
+          const bool watch = hooks_.catalog_changed && (type == fe::query || type == fe::parse);
+          return watch ? protocol::FrameAction::hold : protocol::FrameAction::pass;
+        }
         switch (type) {
           case fe::query:
           case fe::parse:
@@ -525,8 +554,25 @@ bool RelayConnection::from_client(Bytes chunk) {
   return true;
 }
 
+void RelayConnection::note_ddl() {
+  ddl_seen_ = true;
+  if (hooks_.catalog_changed) hooks_.catalog_changed();
+}
+
 void RelayConnection::client_frame(uint8_t type, Bytes frame, Buffer& out) {
   const Bytes body = frame.subspan(5);
+  if (!masked_) {
+    // Held only to spot DDL (see from_client); forwarded unchanged.
+    std::string text;
+    if (type == fe::query) {
+      if (auto q = protocol::Query::decode(body)) text = std::move(q->sql);
+    } else if (auto p = protocol::Parse::decode(body)) {
+      text = std::move(p->query);
+    }
+    if (rules::may_change_catalog(text)) note_ddl();
+    out.insert(out.end(), frame.begin(), frame.end());
+    return;
+  }
   auto poison_query = [&](Expect kind, const Error& refusal) {
     protocol::Query{std::string(poison_sql)}.encode(out);
     expect_.push_back({kind, refusal});
@@ -546,19 +592,19 @@ void RelayConnection::client_frame(uint8_t type, Bytes frame, Buffer& out) {
     auto q = protocol::Query::decode(body);
     if (!q) return poison_query(Expect::query, q.error());
     auto d = decide(q->sql);
-    if (d.catalog_may_change && hooks_.catalog_changed) hooks_.catalog_changed();
-    switch (d.action) {
+    if (d->catalog_may_change) note_ddl();
+    switch (d->action) {
       case rules::StatementDecision::Action::pass:
         out.insert(out.end(), frame.begin(), frame.end());
         expect_.push_back({Expect::query, {}});
         return;
       case rules::StatementDecision::Action::rewrite:
-        protocol::Query{std::move(d.sql)}.encode(out);
+        protocol::Query{d->sql}.encode(out);
         expect_.push_back({Expect::query, {}});
         return;
       case rules::StatementDecision::Action::refuse:
-        log::info("refused (" + d.rule + "): " + d.refusal->message, id_);
-        return poison_query(Expect::query, *d.refusal);
+        log::info("refused (" + d->rule + "): " + d->refusal->message, id_);
+        return poison_query(Expect::query, *d->refusal);
     }
   }
   // Parse: analysed and rewritten once; PostgreSQL keeps the rewritten
@@ -571,21 +617,21 @@ void RelayConnection::client_frame(uint8_t type, Bytes frame, Buffer& out) {
     return;
   }
   auto d = decide(p->query);
-  if (d.catalog_may_change && hooks_.catalog_changed) hooks_.catalog_changed();
-  switch (d.action) {
+  if (d->catalog_may_change) note_ddl();
+  switch (d->action) {
     case rules::StatementDecision::Action::pass:
       out.insert(out.end(), frame.begin(), frame.end());
       expect_.push_back({Expect::parse, {}});
       return;
     case rules::StatementDecision::Action::rewrite:
-      p->query = std::move(d.sql);
+      p->query = d->sql;
       p->encode(out);
       expect_.push_back({Expect::parse, {}});
       return;
     case rules::StatementDecision::Action::refuse:
-      log::info("refused (" + d.rule + "): " + d.refusal->message, id_);
+      log::info("refused (" + d->rule + "): " + d->refusal->message, id_);
       protocol::Parse{p->statement, std::string(poison_sql), {}}.encode(out);
-      expect_.push_back({Expect::parse, *d.refusal});
+      expect_.push_back({Expect::parse, *d->refusal});
       return;
   }
 }
@@ -619,12 +665,91 @@ void RelayConnection::on_server_header(uint8_t type) {
   }
 }
 
+void RelayConnection::backstop_columns(Bytes body) {
+  backstop_.clear();
+  if (!policy_.policy) return;
+  auto rd = protocol::RowDescription::decode(body);
+  if (!rd) return;
+  for (size_t i = 0; i < rd->fields.size(); ++i) {
+    const auto& f = rd->fields[i];
+    if (f.table_oid == 0) continue;
+    const rules::RelationMasks* m = policy_.policy->masks_for(f.table_oid);
+    if (m == nullptr) continue;
+    const auto& cols = m->protection->relation->columns;
+    for (size_t k = 0; k < cols.size(); ++k) {
+      if (cols[k].attnum != f.column_attnum) continue;
+      if (m->refused[k] || m->specs[k].kind != rules::MaskKind::allow) {
+        backstop_.push_back(
+            {i, m->specs[k], cols[k].type, m->refused[k], f.format != 0,
+             m->protection->relation->schema + "." + m->protection->relation->name + "." + cols[k].name});
+      }
+    }
+  }
+}
+
+void RelayConnection::backstop_row(Bytes frame, Buffer& out) {
+  auto row = protocol::DataRow::decode(frame.subspan(5));
+  if (!row) {
+    // Fail closed: a row we cannot read is not forwarded.
+    queue_error(Error::protocol("malformed DataRow from PostgreSQL"));
+    begin_closing();
+    return;
+  }
+  std::vector<std::optional<std::string>> replaced(row->values.size());
+  for (const auto& c : backstop_) {
+    if (c.index >= row->values.size() || !row->values[c.index]) continue;
+    const auto& v = *row->values[c.index];
+    std::optional<std::string> masked;
+    // Text-format values (and string types, whose binary form is the text)
+    // get the configured mask; anything else becomes NULL.
+    if (!c.refused && (!c.binary || rules::is_string_type(c.type))) {
+      masked = rules::mask_text_value(c.spec, c.type,
+                                      std::string_view(reinterpret_cast<const char*>(v.data()), v.size()),
+                                      policy_.policy->protection().config().keys);
+    }
+    replaced[c.index] = std::move(masked);
+    row->values[c.index].reset();
+    if (backstop_hits_++ == 0 || backstop_hits_ % 10000 == 0) {
+      log::warn("backstop: column " + c.name + " reached the client unmasked and was masked in pgcloak (" +
+                    std::to_string(backstop_hits_) + " values so far); please report this statement",
+                id_);
+    }
+  }
+  for (size_t i = 0; i < replaced.size(); ++i) {
+    if (replaced[i]) {
+      row->values[i] = Bytes(reinterpret_cast<const uint8_t*>(replaced[i]->data()), replaced[i]->size());
+    }
+  }
+  row->encode(out);
+}
+
 void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
   const Bytes body = frame.subspan(5);
+  if (type == be::row_description) {
+    backstop_columns(body);
+    on_server_header(type);
+    out.insert(out.end(), frame.begin(), frame.end());
+    return;
+  }
+  if (type == be::data_row) {
+    if (backstop_.empty()) {
+      out.insert(out.end(), frame.begin(), frame.end());
+    } else {
+      backstop_row(frame, out);
+    }
+    return;
+  }
   if (type == be::ready_for_query) {
+    backstop_.clear();
     if (body.size() == 1) {
       transaction_status_ = body[0];
       if (pending_ready_ > 0) --pending_ready_;
+      // DDL becomes visible to the catalog loader when its transaction
+      // ends: refresh again now.
+      if (ddl_seen_ && transaction_status_ == 'I') {
+        ddl_seen_ = false;
+        if (hooks_.catalog_changed) hooks_.catalog_changed();
+      }
     }
     on_server_header(type);
     out.insert(out.end(), frame.begin(), frame.end());
@@ -698,7 +823,10 @@ bool RelayConnection::from_server(Bytes chunk) {
         last_server_type_ = type;
         if (type == be::ready_for_query) return protocol::FrameAction::hold;
         if (tracking) {
-          if (type == be::error_response || type == be::notice_response) return protocol::FrameAction::hold;
+          if (type == be::error_response || type == be::notice_response || type == be::row_description) {
+            return protocol::FrameAction::hold;
+          }
+          if (type == be::data_row && !backstop_.empty()) return protocol::FrameAction::hold;
           on_server_header(type);
         }
         return protocol::FrameAction::pass;
@@ -856,7 +984,7 @@ void RelayHandle::terminate(Error reason) {
 
 // --- loop -----------------------------------------------------------------------
 
-RelayLoop::RelayLoop() : rx_(rx_size) {}
+RelayLoop::RelayLoop() : rx_(rx_size), decisions_(decision_cache_bytes) {}
 
 RelayLoop::~RelayLoop() {
   stop();

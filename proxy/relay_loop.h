@@ -31,6 +31,7 @@
 #include "protocol/result.h"
 #include "protocol/wire.h"
 #include "proxy/stream.h"
+#include "rules/decision_cache.h"
 #include "rules/session_policy.h"
 
 namespace pgcloak::proxy {
@@ -52,7 +53,8 @@ struct PolicyLookup {
 struct PolicyHooks {
   std::function<uint64_t()> generation;
   std::function<PolicyLookup()> lookup;
-  std::function<void()> catalog_changed;  // after DDL passed through
+  std::function<void()> catalog_changed;  // DDL passed through, or a transaction that ran DDL ended
+  std::function<bool()> stale;            // the catalog may miss recent DDL: analyse strictly
   explicit operator bool() const { return generation && lookup; }
 };
 
@@ -121,6 +123,7 @@ class RelayLoop {
   std::vector<RelayConnection*> again_;  // hit their per-pass budget; continue next pass
   std::vector<std::shared_ptr<RelayConnection>> retired_;
   protocol::Buffer rx_;  // one receive buffer per loop: data is processed before the next read
+  rules::DecisionCache decisions_;
   std::chrono::steady_clock::time_point next_tick_{};
 };
 

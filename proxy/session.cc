@@ -636,7 +636,8 @@ awaitable<void> Session::relay() {
       }
       return found;
     };
-    start.policy.catalog_changed = [store] { store->request_refresh(); };
+    start.policy.catalog_changed = [store] { store->mark_stale(); };
+    start.policy.stale = [store] { return store->stale(); };
   }
   start.on_closed = [ex = executor_, done] {
     asio::post(ex, [done] {

@@ -1,6 +1,7 @@
 #include "rules/rewriter.h"
 
 #include <algorithm>
+#include <cctype>
 #include <unordered_set>
 
 #include "rules/mask_sql.h"
@@ -41,7 +42,8 @@ struct Edit {
 
 class Analyzer {
  public:
-  Analyzer(std::string sql, const SessionPolicy& policy) : sql_(std::move(sql)), policy_(policy) {}
+  Analyzer(std::string sql, const SessionPolicy& policy, AnalysisMode mode)
+      : sql_(std::move(sql)), policy_(policy), strict_(mode == AnalysisMode::strict) {}
   StatementDecision run();
 
  private:
@@ -87,6 +89,8 @@ class Analyzer {
 
   std::string sql_;
   const SessionPolicy& policy_;
+  bool strict_ = false;
+  std::unordered_set<std::string> cte_names_;  // strict mode: names that are not relations
   StatementDecision decision_;
   std::vector<Edit> edits_;
   std::optional<std::vector<Token>> tokens_;
@@ -152,6 +156,14 @@ StatementDecision Analyzer::run() {
     return decision_;
   }
   const auto& result = (*tree)->result();
+  if (strict_) {
+    walk_children(&result.base, [this](const ProtobufCMessage* m, std::string_view) {
+      if (is(m, pg_query__common_table_expr__descriptor)) {
+        cte_names_.insert(reinterpret_cast<const PgQuery__CommonTableExpr*>(m)->ctename);
+      }
+      return true;
+    });
+  }
   for (size_t i = 0; i < result.n_stmts && !refused(); ++i) {
     if (result.stmts[i]->stmt != nullptr) statement(result.stmts[i]->stmt);
   }
@@ -430,7 +442,18 @@ void Analyzer::range_var(const PgQuery__RangeVar* rv, std::string_view field) {
   }
   if (skip_.count(rv) != 0) return;
   const RelationMasks* m = resolve(rv);
-  if (m == nullptr) return;
+  if (m == nullptr) {
+    if (strict_ && !probing_ && read_position(field) && cte_names_.count(rv->relname) == 0 &&
+        policy_.protection().catalog().find_by_name(rv->relname).empty()) {
+      decision_.rule = "catalog-refresh";
+      decision_.refusal =
+          Error::make(sqlstate::object_not_in_prerequisite_state,
+                      std::string("pgcloak: relation \"") + rv->relname +
+                          "\" is not in pgcloak's catalog yet; it is being refreshed after a schema change",
+                      Severity::error, "Retry in a moment.");
+    }
+    return;
+  }
   note_relation(*m);
   if (probing_) {
     probe_found_ = true;
@@ -714,9 +737,10 @@ Error policy_refusal(const SessionPolicy& policy, std::string_view rule, std::st
       std::string("Why: ") + std::string(why) + ". Ask your data administrator if you need this access.");
 }
 
-StatementDecision analyze_statement(std::string_view sql, const SessionPolicy& policy) {
+StatementDecision analyze_statement(std::string_view sql, const SessionPolicy& policy, AnalysisMode mode) {
   StatementDecision d;
-  if (!policy.masks_anything() || !policy.protection().may_be_sensitive(sql)) return d;
+  if (!policy.masks_anything()) return d;
+  if (mode == AnalysisMode::normal && !policy.protection().may_be_sensitive(sql)) return d;
   if (sql.find('\0') != std::string_view::npos) {
     d.action = StatementDecision::Action::refuse;
     d.rule = "parse";
@@ -724,8 +748,49 @@ StatementDecision analyze_statement(std::string_view sql, const SessionPolicy& p
         policy_refusal(policy, "parse", "a statement containing a NUL byte", "PostgreSQL cannot parse it");
     return d;
   }
-  Analyzer a{std::string(sql), policy};
+  Analyzer a{std::string(sql), policy, mode};
   return a.run();
+}
+
+bool may_change_catalog(std::string_view sql) {
+  static constexpr std::string_view ddl_words[] = {"create", "alter",  "drop",     "comment",  "grant",
+                                                   "revoke", "import", "security", "reassign", "refresh"};
+  const size_t n = sql.size();
+  std::string word;
+  for (size_t i = 0; i < n;) {
+    const char c = sql[i];
+    if (c == '\'' || c == '"') {  // skip a literal or quoted identifier
+      size_t j = sql.find(c, i + 1);
+      i = j == std::string_view::npos ? n : j + 1;
+      continue;
+    }
+    if (c == '-' && i + 1 < n && sql[i + 1] == '-') {
+      size_t j = sql.find('\n', i);
+      i = j == std::string_view::npos ? n : j + 1;
+      continue;
+    }
+    if (c == '/' && i + 1 < n && sql[i + 1] == '*') {
+      size_t j = sql.find("*/", i + 2);
+      i = j == std::string_view::npos ? n : j + 2;
+      continue;
+    }
+    if (std::isalpha(static_cast<unsigned char>(c)) == 0 && c != '_') {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < n && (std::isalnum(static_cast<unsigned char>(sql[j])) != 0 || sql[j] == '_' || sql[j] == '$'))
+      ++j;
+    if (j - i <= 8) {
+      word.assign(sql.substr(i, j - i));
+      for (char& ch : word) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      for (auto w : ddl_words) {
+        if (word == w) return true;
+      }
+    }
+    i = j;
+  }
+  return false;
 }
 
 }  // namespace pgcloak::rules

@@ -38,10 +38,23 @@ struct StatementDecision {
   bool catalog_may_change = false;     // DDL: refresh the catalog afterwards
 };
 
+// normal: statements the pre-check finds harmless pass unparsed.
+// strict: while the catalog may be stale (DDL just ran), every statement is
+// parsed and reading a relation the catalog does not know is refused
+// (55000), because it may be a new view over protected data.
+enum class AnalysisMode { normal, strict };
+
 // Analyses one Query string or Parse statement (it may hold several
 // statements). policy.masks_anything() must be true; unmasked sessions never
 // get here. Never throws.
-StatementDecision analyze_statement(std::string_view sql, const SessionPolicy& policy);
+StatementDecision analyze_statement(std::string_view sql, const SessionPolicy& policy,
+                                    AnalysisMode mode = AnalysisMode::normal);
+
+// Whether a statement text may change the catalog (CREATE, ALTER, DROP,
+// GRANT, ...), from its words outside literals and comments. A heuristic
+// for unmasked sessions, whose statements are not parsed: it only decides
+// when the catalog is refreshed, never what is allowed.
+bool may_change_catalog(std::string_view sql);
 
 // The 42501 refusal every denial uses: "<what> is not allowed ...".
 Error policy_refusal(const SessionPolicy& policy, std::string_view rule, std::string_view what,

@@ -1,6 +1,7 @@
 #include "rules/session_policy.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "rules/mask_sql.h"
 
@@ -8,6 +9,8 @@ namespace pgcloak::rules {
 
 SessionPolicy::SessionPolicy(std::shared_ptr<const Protection> protection, std::string user)
     : protection_(std::move(protection)), user_(std::move(user)) {
+  static std::atomic<uint64_t> next_id{0};
+  id_ = next_id.fetch_add(1) + 1;
   const Catalog& cat = protection_->catalog();
   policy_ =
       &protection_->config().policy_for([&](std::string_view role) { return cat.is_member(user_, role); });

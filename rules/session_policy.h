@@ -35,6 +35,8 @@ class SessionPolicy {
   SessionPolicy(std::shared_ptr<const Protection> protection, std::string user);
 
   const std::string& user() const { return user_; }
+  // Unique per SessionPolicy object for the life of the process (cache keys).
+  uint64_t id() const { return id_; }
   const MaskPolicy& policy() const { return *policy_; }
   const Protection& protection() const { return *protection_; }
   // False = this user sees every protected column unmasked: statements pass
@@ -48,6 +50,7 @@ class SessionPolicy {
  private:
   std::shared_ptr<const Protection> protection_;
   std::string user_;
+  uint64_t id_ = 0;
   const MaskPolicy* policy_ = nullptr;
   bool masks_anything_ = false;
   std::unordered_map<uint32_t, RelationMasks> masks_;

@@ -12,44 +12,8 @@ import re
 import psycopg
 import pytest
 
-from shop import SHOP_PASSWORDS
-
-MASK_KEY = "integration-test-mask-key-0123456789abcdef"
-
-MASKING = {
-    "hash_key_env": "PGCLOAK_MASK_KEY",
-    "protected_columns": [
-        {"column": "public.customers.full_name", "category": "person_name"},
-        {"column": "public.customers.email", "category": "email"},
-        {"column": "public.customers.phone", "category": "phone"},
-        {"column": "public.customers.ssn", "category": "national_id"},
-        {"column": "public.customers.card_number", "category": "card_number"},
-        {"column": "public.customers.birth_date", "category": "birth_date"},
-        {"column": "public.customers.address", "category": "address"},
-        {"column": "public.customers.notes", "category": "free_text"},
-        {"column": "public.payments.card_number", "category": "card_number"},
-    ],
-    "policies": [
-        {"name": "admins", "roles": ["data_admins", "app_services"], "default": "allow"},
-        {"name": "support", "roles": ["support_team"], "default": "redact", "rules": {
-            "email": "email",
-            "phone": {"mask": "partial", "keep_first": 0, "keep_last": 2, "fill": "*"},
-            "card_number": "last4",
-            "birth_date": {"mask": "generalize", "to": "year"},
-            "national_id": "redact",
-            "person_name": "allow",
-            "free_text": "redact_patterns",
-        }},
-        {"name": "analytics", "roles": ["analytics_team"], "default": "redact", "rules": {
-            "email": "hash",
-        }},
-    ],
-}
-
-# notes is free text masked with redact_patterns: a note without personal
-# data stays as it is, so leak checks look for the other columns' values
-# (which is also what a note would leak).
-PROTECTED = ["email", "phone", "ssn", "card_number", "address"]
+from masking_fixture import MASK_KEY, MASK_KEY_ENV, PROTECTED, assert_no_leak, masking_overrides, wait_for_masking
+from masking_fixture import connect as _connect
 
 
 @pytest.fixture(scope="module")
@@ -67,36 +31,12 @@ def raw_values(shop):
 
 @pytest.fixture
 def masked_proxy(pgcloak, shop, monkeypatch):
-    monkeypatch.setenv("PGCLOAK_MASK_KEY", MASK_KEY)
-    return pgcloak(masking=MASKING,
-                   catalog={"user": "pgcloak", "password": SHOP_PASSWORDS["pgcloak"], "dbname": shop.dbname,
-                            "refresh_interval": "60s"})
+    monkeypatch.setenv(MASK_KEY_ENV, MASK_KEY)
+    return pgcloak(**masking_overrides(shop.dbname))
 
 
 def connect(proxy, user, **kw):
-    conn = psycopg.connect(proxy.dsn(user=user, dbname="shop", password=SHOP_PASSWORDS[user]), autocommit=True, **kw)
-    return conn
-
-
-def wait_for_masking(conn):
-    """The catalog loads asynchronously at start; until then statements are refused (fail closed)."""
-    import time
-    for _ in range(100):
-        try:
-            conn.execute("SELECT 1 FROM customers LIMIT 1").fetchall()
-            return
-        except psycopg.errors.CannotConnectNow:
-            time.sleep(0.1)
-    raise AssertionError("the masking catalog did not load within 10 s")
-
-
-def assert_no_leak(rows, raw_values):
-    for row in rows:
-        for v in row:
-            if isinstance(v, str):
-                assert v not in raw_values, f"raw protected value leaked: {v!r}"
-                for word in re.findall(r"[\w.+-]+@[\w.-]+|\+?[\d-]{11,}", v):
-                    assert word not in raw_values, f"raw protected value leaked inside text: {word!r}"
+    return _connect(proxy, user, dbname="shop", **kw)
 
 
 def test_support_sees_partial_masks(masked_proxy, shop, raw_values):
@@ -189,3 +129,29 @@ def test_copy_and_cursor_are_masked(masked_proxy, raw_values):
         fetched = c.execute("FETCH 500 FROM k").fetchall()
         c.execute("COMMIT")
         assert_no_leak(fetched, raw_values)
+
+
+def test_new_view_through_pgcloak_is_never_read_raw(masked_proxy, shop, raw_values):
+    """DDL passing through pgcloak (here by an unmasked admin) marks the
+    catalog stale: until the refresh that sees the new view has finished,
+    masked sessions are analysed strictly and unknown relations refused
+    (55000); afterwards the view is protected. It is never read raw."""
+    import time
+    with connect(masked_proxy, "admin") as adm, connect(masked_proxy, "analyst") as c:
+        wait_for_masking(c)
+        adm.execute("DROP VIEW IF EXISTS fresh_contacts")
+        adm.execute("CREATE VIEW fresh_contacts AS SELECT id, email FROM customers")
+        adm.execute("GRANT SELECT ON fresh_contacts TO analytics_team")
+        seen_masked = False
+        for _ in range(100):
+            try:
+                rows = c.execute("SELECT id, email FROM fresh_contacts ORDER BY id LIMIT 20").fetchall()
+            except psycopg.errors.ObjectNotInPrerequisiteState:
+                time.sleep(0.1)
+                continue
+            assert_no_leak(rows, raw_values)
+            assert all(e is None or re.fullmatch(r"[0-9a-f]{16}", e) for _, e in rows)
+            seen_masked = True
+            break
+        assert seen_masked, "the new view never became readable (masked) within 10 s"
+        adm.execute("DROP VIEW fresh_contacts")
