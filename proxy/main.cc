@@ -42,7 +42,7 @@ int run(const std::string& path) {
   // Writes to a closed socket must be an error code, not a signal.
   (void)std::signal(SIGPIPE, SIG_IGN);
   pgcloak::log::info(std::string("pgcloak ") + PGCLOAK_VERSION + " starting with " + path);
-  pgcloak::proxy::Server server(std::move(load.config));
+  pgcloak::proxy::Server server(std::move(load.config), path);
   if (auto st = server.start(); !st) {
     pgcloak::log::error(st.error().message);
     return 1;

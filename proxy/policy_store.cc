@@ -61,6 +61,7 @@ std::string describe_failure(const Error& e) {
 
 PolicyStore::PolicyStore(std::shared_ptr<const rules::Config> config)
     : masking_(config, &config->masking), refresh_interval_(config->catalog.refresh_interval) {
+  enabled_ = masking_->enabled();
   PgSideParams params = PgSideParams::catalog(*config, config->catalog.dbname);
   params.application_name = "pgcloak catalog";
   params.statement_timeout = catalog_statement_timeout;
@@ -73,7 +74,41 @@ PolicyStore::PolicyStore(std::shared_ptr<const rules::MaskingConfig> masking,
     : masking_(std::move(masking)),
       refresh_interval_(refresh_interval),
       loader_(std::move(loader)),
-      source_(std::move(source)) {}
+      source_(std::move(source)) {
+  enabled_ = masking_->enabled();
+}
+
+std::shared_ptr<const rules::MaskingConfig> PolicyStore::masking() const {
+  std::lock_guard lock(mu_);
+  return masking_;
+}
+
+Status PolicyStore::reload_masking(std::shared_ptr<const rules::MaskingConfig> masking) {
+  if (masking->enabled() != enabled_) {
+    return Error::make(sqlstate::config_file_error, std::string("the new configuration would turn masking ") +
+                                                        (enabled_ ? "off" : "on") + "; that takes a restart");
+  }
+  std::shared_ptr<const rules::Catalog> catalog;
+  {
+    std::lock_guard lock(mu_);
+    masking_ = masking;
+    if (protection_) catalog = protection_->catalog_ptr();
+  }
+  if (!catalog) return ok_status();  // the first catalog load will use the new rules
+  const uint64_t gen = next_generation_.fetch_add(1) + 1;
+  auto protection = rules::Protection::build(std::move(masking), std::move(catalog));
+  {
+    std::lock_guard lock(mu_);
+    if (gen <= generation_.load()) return ok_status();  // a newer load already used the new rules
+    protection_ = protection;
+    by_user_.clear();
+    generation_.store(gen);
+  }
+  for (const auto& w : protection->warnings) log::warn("masking: " + w);
+  log::info("masking rules reloaded (generation " + std::to_string(gen) +
+            "): " + std::to_string(protection->relations().size()) + " protected relations");
+  return ok_status();
+}
 
 Result<std::shared_ptr<const rules::SessionPolicy>> PolicyStore::for_user(const std::string& user) {
   if (!enabled()) return std::shared_ptr<const rules::SessionPolicy>();
@@ -155,7 +190,7 @@ void PolicyStore::install(std::shared_ptr<rules::Catalog> catalog, std::chrono::
   catalog->generation = gen;
   const size_t relations = catalog->relations.size();
   const size_t roles = catalog->roles.size();
-  auto protection = rules::Protection::build(masking_, std::move(catalog));
+  auto protection = rules::Protection::build(masking(), std::move(catalog));
   bool warnings_changed = false;
   {
     std::lock_guard lock(mu_);

@@ -44,7 +44,12 @@ class PolicyStore {
 
   // Masking has protected columns. When false there is nothing to load and
   // for_user() returns nullptr for everyone.
-  bool enabled() const { return masking_->enabled(); }
+  bool enabled() const { return enabled_; }
+  // SIGHUP: new masking rules (protected columns, policies, keys) on the
+  // catalog already loaded. Live sessions pick them up at their next
+  // statement (the generation moves). Whether masking is on at all is fixed
+  // at start: returns an error when the new config would switch it.
+  Status reload_masking(std::shared_ptr<const rules::MaskingConfig> masking);
   rules::Duration refresh_interval() const { return refresh_interval_; }
 
   // The policy of a login: nullptr when masking is disabled; an Error (57P03)
@@ -95,7 +100,9 @@ class PolicyStore {
   bool requested() const { return refresh_requested_.load(); }
   bool stopping() const { return stopping_.load(); }
 
-  std::shared_ptr<const rules::MaskingConfig> masking_;
+  std::shared_ptr<const rules::MaskingConfig> masking() const;
+  std::shared_ptr<const rules::MaskingConfig> masking_;  // guarded by mu_ after start
+  bool enabled_ = false;
   rules::Duration refresh_interval_;
   std::atomic<uint64_t> stale_marks_{0};
   std::atomic<uint64_t> fresh_through_{0};

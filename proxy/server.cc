@@ -40,8 +40,33 @@ std::vector<std::shared_ptr<Session>> SessionRegistry::snapshot() const {
   return out;
 }
 
-Server::Server(rules::Config config) {
+Server::Server(rules::Config config, std::string config_path) : config_path_(std::move(config_path)) {
   state_.config = std::make_shared<const rules::Config>(std::move(config));
+}
+
+void Server::reload_config() {
+  if (config_path_.empty()) return;
+  // An invalid file changes nothing: the running policy stays, and the log
+  // says why (issue: "an invalid file keeps the old policy and reports why").
+  auto load = rules::load_config_file(config_path_);
+  if (!load.ok()) {
+    log::error("SIGHUP: " + config_path_ + " is invalid; keeping the running configuration:\n" +
+               load.format(config_path_));
+    return;
+  }
+  if (!state_.policies) {
+    log::warn("SIGHUP: masking is not set up in this process; restart pgcloak to apply changes");
+    return;
+  }
+  if (auto st =
+          state_.policies->reload_masking(std::make_shared<const rules::MaskingConfig>(load.config.masking));
+      !st) {
+    log::error("SIGHUP: " + st.error().message + "; keeping the running configuration");
+    return;
+  }
+  log::info("SIGHUP: reloaded " + config_path_ +
+            ": masking rules apply from each session's next statement; other sections take effect after a "
+            "restart");
 }
 
 Server::~Server() = default;
@@ -239,9 +264,7 @@ awaitable<void> Server::handle_signals() {
     auto [ec, signo] = co_await signals_->async_wait(use_nothrow);
     if (ec) co_return;
     if (signo == SIGHUP) {
-      log::info(
-          "SIGHUP received: live configuration reload is not supported yet; restart pgcloak to apply "
-          "changes");
+      reload_config();
       continue;
     }
     log::info(std::string("received ") + (signo == SIGTERM ? "SIGTERM" : "SIGINT") + ", shutting down");

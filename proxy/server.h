@@ -18,7 +18,8 @@ namespace pgcloak::proxy {
 
 class Server {
  public:
-  explicit Server(rules::Config config);
+  // config_path: where SIGHUP re-reads the configuration from ("" = no reload).
+  explicit Server(rules::Config config, std::string config_path = {});
   ~Server();
 
   // Builds TLS contexts and binds every listener; errors name what failed.
@@ -30,6 +31,7 @@ class Server {
   awaitable<void> accept_tcp(tcp::acceptor& acceptor);
   awaitable<void> accept_unix(unix_stream::acceptor& acceptor);
   awaitable<void> handle_signals();
+  void reload_config();
   awaitable<void> shutdown();
   void start_session(std::unique_ptr<class Stream> stream, asio::io_context& ctx);
   asio::io_context& next_worker();
@@ -42,6 +44,7 @@ class Server {
   std::unique_ptr<unix_stream::acceptor> unix_acceptor_;
   std::string unix_socket_path_;
   std::unique_ptr<asio::signal_set> signals_;
+  std::string config_path_;
   size_t next_worker_ = 0;
   int exit_code_ = 0;
 };

@@ -46,6 +46,7 @@ class Protection {
   std::vector<const RelationProtection*> by_name(std::string_view name) const;
   const std::vector<RelationProtection>& relations() const { return relations_; }
   const Catalog& catalog() const { return *catalog_; }
+  std::shared_ptr<const Catalog> catalog_ptr() const { return catalog_; }
   const MaskingConfig& config() const { return *config_; }
 
   // The cheap pre-check that keeps ordinary statements off the parser: false
