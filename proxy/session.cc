@@ -338,8 +338,50 @@ awaitable<std::optional<protocol::Frame>> Session::next_upstream_frame() {
   co_return std::nullopt;
 }
 
+namespace {
+
+// Settings a client can ask for in its StartupMessage (directly or in
+// "options") that a masked login may not use: switching identity, or making
+// the server print parse trees and plans, which hold the rewritten
+// statement and with it the hash mask's key material (MASKING-THREATS.md,
+// classes 16 and 17).
+std::optional<std::string> masked_startup_violation(const protocol::StartupMessage& startup) {
+  auto risky = [](std::string name) {
+    for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return name == "role" || name == "session_authorization" || name.rfind("debug_", 0) == 0;
+  };
+  for (const auto& [name, value] : startup.parameters) {
+    if (risky(name)) return name;
+    if (name == "options") {
+      std::string v = value;
+      for (char& c : v) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      for (std::string_view bad : {"role", "session_authorization", "debug_"}) {
+        if (v.find(bad) != std::string::npos) return "options (" + std::string(bad) + ")";
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
 awaitable<bool> Session::connect_and_authenticate() {
   phase_ = Phase::auth;
+  if (server_.policies && server_.policies->enabled()) {
+    if (auto bad = masked_startup_violation(startup_)) {
+      auto policy = server_.policies->for_user(identity_.user);
+      const bool masked = !policy || (*policy && (*policy)->masks_anything());
+      if (masked) {
+        log::warn("refusing startup setting " + *bad + " for masked login \"" + identity_.user + "\"", id_);
+        co_await send_error(
+            Error::make(sqlstate::insufficient_privilege,
+                        "pgcloak: the startup setting " + *bad + " is not allowed for role \"" +
+                            identity_.user + "\", whose data is masked",
+                        Severity::fatal, "Remove it from the connection options (PGOPTIONS)."));
+        co_return false;
+      }
+    }
+  }
   // auth.mode scram: pgcloak authenticates the client itself (auth_scram.cc).
   if (config_->auth.mode == rules::AuthMode::scram) co_return co_await authenticate_scram();
   if (!co_await open_upstream()) co_return false;

@@ -113,6 +113,7 @@ def test_key_detail_is_scrubbed(masked_proxy):
 def test_admin_results_identical_to_direct(masked_proxy, shop):
     q = "SELECT * FROM customers ORDER BY id LIMIT 200"
     with shop.connect("admin") as d, connect(masked_proxy, "admin") as p:
+        wait_for_masking(p)  # until the catalog loads, every session is refused (57P03)
         assert d.execute(q).fetchall() == p.execute(q).fetchall()
 
 
@@ -155,3 +156,14 @@ def test_new_view_through_pgcloak_is_never_read_raw(masked_proxy, shop, raw_valu
             break
         assert seen_masked, "the new view never became readable (masked) within 10 s"
         adm.execute("DROP VIEW fresh_contacts")
+
+
+def test_startup_settings_cannot_switch_identity_or_print_plans(masked_proxy):
+    for options in ("-c role=data_admins", "-c debug_print_plan=on -c client_min_messages=log"):
+        # A FATAL during connection start surfaces as OperationalError.
+        with pytest.raises(psycopg.OperationalError) as e:
+            _connect(masked_proxy, "support", options=options)
+        assert "startup setting" in str(e.value) and "not allowed" in str(e.value)
+    # Unmasked logins keep every option.
+    with _connect(masked_proxy, "admin", options="-c debug_print_plan=off") as c:
+        assert c.execute("SELECT 1").fetchone()[0] == 1
