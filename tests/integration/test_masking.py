@@ -159,6 +159,8 @@ def test_new_view_through_pgcloak_is_never_read_raw(masked_proxy, shop, raw_valu
 
 
 def test_startup_settings_cannot_switch_identity_or_print_plans(masked_proxy):
+    with connect(masked_proxy, "support") as c:
+        wait_for_masking(c)  # until the catalog loads every login counts as masked (fail closed)
     for options in ("-c role=data_admins", "-c debug_print_plan=on -c client_min_messages=log"):
         # A FATAL during connection start surfaces as OperationalError.
         with pytest.raises(psycopg.OperationalError) as e:
