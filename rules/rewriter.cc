@@ -550,6 +550,10 @@ void Analyzer::copy(const PgQuery__CopyStmt* c) {
                     m->refused_why[k]);
     }
   }
+  // PostgreSQL copies out of plain tables only (views, materialized views,
+  // foreign and partitioned tables are refused with 42809): leave those to
+  // it, so the client gets PostgreSQL's own error and no data.
+  if (m->protection->relation->kind != 'r') return;
   const auto* toks = tokens();
   int i = token_at(c->relation->location);
   if (toks == nullptr || i < 0)
@@ -573,7 +577,8 @@ void Analyzer::copy(const PgQuery__CopyStmt* c) {
   std::string select;
   for (const auto& col : cols) select += (select.empty() ? "" : ", ") + quote_ident(col);
   if (select.empty()) select = "*";
-  std::string text = " (SELECT " + select + " FROM (SELECT " + m->select_list + " FROM " +
+  // COPY tbl TO reads that table alone, not its inheritance children: ONLY.
+  std::string text = " (SELECT " + select + " FROM (SELECT " + m->select_list + " FROM ONLY " +
                      end_line_comment(sql_.substr(static_cast<size_t>(t[i].start),
                                                   static_cast<size_t>(name_end - t[i].start))) +
                      ") AS " + quote_ident(c->relation->relname) + ") ";
