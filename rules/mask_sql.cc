@@ -25,7 +25,16 @@ Error not_applicable(MaskKind kind, const ColumnType& type, std::string_view wha
 
 // a OPERATOR(pg_catalog.op) b, parenthesised so callers can nest freely.
 std::string op(std::string_view a, std::string_view o, std::string_view b) {
-  return "(" + std::string(a) + " OPERATOR(pg_catalog." + std::string(o) + ") " + std::string(b) + ")";
+  std::string out;
+  out.reserve(a.size() + o.size() + b.size() + 32);
+  out += '(';
+  out += a;
+  out += " OPERATOR(pg_catalog.";
+  out += o;
+  out += ") ";
+  out += b;
+  out += ')';
+  return out;
 }
 
 std::string fn(std::string_view name, std::initializer_list<std::string_view> args) {
@@ -76,13 +85,16 @@ std::string sql_array(const std::vector<std::string_view>& items, bool lower) {
   for (size_t i = 0; i < items.size(); ++i) {
     std::string s(items[i]);
     if (lower) std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
-    out += (i ? "," : "") + quote_literal(s);
+    if (i > 0) out += ',';
+    out += quote_literal(s);
   }
   return out + "])";
 }
 
 std::string pow10(int n) {
-  return "1" + std::string(static_cast<size_t>(n), '0');
+  std::string out(static_cast<size_t>(n) + 1, '0');
+  out[0] = '1';
+  return out;
 }
 
 // numeric typmod -> (precision, scale); PostgreSQL 15 allows a negative scale.
