@@ -101,7 +101,14 @@ Status Server::start() {
   }
 
   unsigned threads = cfg.threads != 0 ? cfg.threads : std::max(1U, std::thread::hardware_concurrency());
-  if (auto st = state_.relays.start(threads); !st) return st;
+  // Relay loops: by default half the cores. A relay thread that has more
+  // sessions batches more events per wake-up; measured on 2 cores shared
+  // with PostgreSQL and pgbench, one loop used 40% less CPU and half the
+  // context switches of two, at higher throughput. An explicit `threads`
+  // sets both.
+  const unsigned relay_loops =
+      cfg.threads != 0 ? cfg.threads : std::max(1U, std::thread::hardware_concurrency() / 2);
+  if (auto st = state_.relays.start(relay_loops); !st) return st;
   for (unsigned i = 0; i < threads; ++i) {
     workers_.push_back(std::make_unique<asio::io_context>(1));
     guards_.push_back(asio::make_work_guard(*workers_.back()));
@@ -165,7 +172,7 @@ Status Server::start() {
   signals_ = std::make_unique<asio::signal_set>(main_ctx, SIGTERM, SIGINT, SIGHUP);
   log::info("upstream PostgreSQL at " + cfg.upstream.describe() + " (sslmode " +
             std::string(rules::to_string(cfg.upstream.sslmode)) + "); " + std::to_string(threads) +
-            " io threads; client TLS " +
+            " io threads, " + std::to_string(relay_loops) + " relay loops; client TLS " +
             (cfg.tls.enabled() ? (cfg.tls.require ? "required" : "optional") : "off") + "; auth " +
             (cfg.auth.mode == rules::AuthMode::scram
                  ? "scram (verifiers via the catalog login \"" + cfg.catalog.user + "\")"
