@@ -18,7 +18,14 @@
 #   BENCH_TLS [0]          1 = clients use TLS to every target (sslmode=require)
 #   BENCH_UPSTREAM [unix]  unix | tcp: how pgcloak and PgBouncer reach PostgreSQL
 #   BENCH_MODES ["simple prepared"]
-#   BENCH_TARGETS ["direct pgcloak pgbouncer"]
+#   BENCH_TARGETS ["direct pgcloak pgbouncer"]; also audit-batched and
+#                          audit-strict: pgcloak with the audit trail on
+#                          (docs/audit.md), each its own process, so
+#                          "direct pgcloak audit-batched audit-strict" measures
+#                          what auditing costs in one run
+#   BENCH_AUDIT_DIR        where audit targets write [the work directory];
+#                          put it on the disk you would use in production:
+#                          strict durability is an fsync per group commit
 #   BENCH_PGCLOAK_THREADS [0]  pgcloak io threads (0 = cores)
 #   BENCH_RESULTS_FILE     JSON output [bench/results/pgbench-<UTC time>.json]
 #   BENCH_KEEP [0]         1 = keep the work directory (logs) after exit
@@ -64,7 +71,8 @@ for m in "${MODES[@]}"; do
   [[ $m == simple || $m == extended || $m == prepared ]] || die "unknown mode $m"
 done
 for t in "${TARGETS[@]}"; do
-  [[ $t == direct || $t == pgcloak || $t == pgbouncer ]] || die "unknown target $t"
+  [[ $t == direct || $t == pgcloak || $t == pgbouncer || $t == audit-batched || $t == audit-strict ]] ||
+    die "unknown target $t"
 done
 for tool in pgbench psql pgbouncer openssl python3 setpriv; do
   command -v "$tool" >/dev/null || die "$tool not found; run deploy/install-deps.sh"
@@ -77,7 +85,8 @@ chmod 755 "$WORK" # the cluster's OS user must reach its subdirectories
 PG_DIR=$WORK/pg
 TLS_DIR=$WORK/tls
 BOUNCER_DIR=$WORK/pgbouncer
-PGCLOAK_PID=""
+PGCLOAK_PIDS=()
+declare -A PROXY_PID # target -> pid, for CPU accounting
 BOUNCER_PID=""
 PGBENCH_PID=""
 
@@ -98,7 +107,7 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   stop_pid "$PGBENCH_PID" pgbench
-  stop_pid "$PGCLOAK_PID" pgcloak
+  for p in "${PGCLOAK_PIDS[@]}"; do stop_pid "$p" pgcloak; done
   stop_pid "$BOUNCER_PID" pgbouncer
   # Belt and braces: whatever PgBouncer's own pid file names, if it is ours.
   local bpid
@@ -165,6 +174,18 @@ while [[ $PGCLOAK_PORT == "$PG_PORT" ]]; do PGCLOAK_PORT=$(pgc_free_port); done
 while [[ $BOUNCER_PORT == "$PG_PORT" || $BOUNCER_PORT == "$PGCLOAK_PORT" ]]; do
   BOUNCER_PORT=$(pgc_free_port)
 done
+# Distinct from the ports above (pgc_free_port asks the kernel, which may
+# hand out the same free port twice before anything binds it).
+taken=" $PG_PORT $PGCLOAK_PORT $BOUNCER_PORT "
+next_port() {
+  local p
+  p=$(pgc_free_port)
+  while [[ $taken == *" $p "* ]]; do p=$(pgc_free_port); done
+  echo "$p"
+}
+AUDIT_BATCHED_PORT=$(next_port)
+taken+="$AUDIT_BATCHED_PORT "
+AUDIT_STRICT_PORT=$(next_port)
 
 pgc_gen_certs "$TLS_DIR"
 ssl_opt=()
@@ -194,11 +215,14 @@ if [[ $UPSTREAM == unix ]]; then UP_HOST=$PG_DIR; else UP_HOST=127.0.0.1; fi
 
 # --- pgcloak -----------------------------------------------------------------
 
+# start_pgcloak NAME PORT [DURABILITY]: one pgcloak; with DURABILITY
+# (batched | strict) its audit trail is on.
 start_pgcloak() {
-  local tls_cert="" tls_key=""
+  local name=$1 port=$2 durability=${3:-}
+  local tls_cert="" tls_key="" conf=$WORK/$name.yaml
   if ((TLS)); then tls_cert=$TLS_DIR/server.crt; tls_key=$TLS_DIR/server.key; fi
-  cat >"$WORK/pgcloak.yaml" <<EOF
-listen: ["127.0.0.1:$PGCLOAK_PORT"]
+  cat >"$conf" <<EOF
+listen: ["127.0.0.1:$port"]
 unix_socket_dir: ""
 threads: $PGCLOAK_THREADS
 max_connections: 1000
@@ -221,12 +245,25 @@ timeouts:
 log:
   level: warn
 EOF
-  "$PGCLOAK_BIN" --check-config "$WORK/pgcloak.yaml" >"$WORK/pgcloak.log" 2>&1 ||
-    die_with_log "$WORK/pgcloak.log" "pgcloak rejected its configuration"
-  "$PGCLOAK_BIN" --config "$WORK/pgcloak.yaml" >>"$WORK/pgcloak.log" 2>&1 </dev/null &
-  PGCLOAK_PID=$!
-  pgc_wait_tcp 127.0.0.1 "$PGCLOAK_PORT" 15 ||
-    die_with_log "$WORK/pgcloak.log" "pgcloak did not listen on $PGCLOAK_PORT within 15s"
+  if [[ -n $durability ]]; then
+    local dir=${BENCH_AUDIT_DIR:-$WORK}/audit-$name
+    rm -rf "$dir" && mkdir -p "$dir"
+    openssl rand -hex 32 >"$dir/audit.key"
+    cat >>"$conf" <<EOF
+audit:
+  durability: $durability
+  key_file: "$dir/audit.key"
+  file:
+    path: "$dir/audit.jsonl"
+EOF
+  fi
+  "$PGCLOAK_BIN" --check-config "$conf" >"$WORK/$name.log" 2>&1 ||
+    die_with_log "$WORK/$name.log" "pgcloak ($name) rejected its configuration"
+  "$PGCLOAK_BIN" --config "$conf" >>"$WORK/$name.log" 2>&1 </dev/null &
+  PGCLOAK_PIDS+=($!)
+  PROXY_PID[$name]=$!
+  pgc_wait_tcp 127.0.0.1 "$port" 15 ||
+    die_with_log "$WORK/$name.log" "pgcloak ($name) did not listen on $port within 15s"
 }
 
 # --- PgBouncer ---------------------------------------------------------------
@@ -270,6 +307,7 @@ EOF
   # PgBouncer refuses to run as root.
   "${AS_OWNER[@]}" pgbouncer "$BOUNCER_DIR/pgbouncer.ini" >"$BOUNCER_DIR/stderr.log" 2>&1 </dev/null &
   BOUNCER_PID=$!
+  PROXY_PID[pgbouncer]=$BOUNCER_PID
   pgc_wait_tcp 127.0.0.1 "$BOUNCER_PORT" 15 || {
     cat "$BOUNCER_DIR/stderr.log" >&2
     die_with_log "$BOUNCER_DIR/pgbouncer.log" "pgbouncer did not listen on $BOUNCER_PORT within 15s"
@@ -281,6 +319,8 @@ target_port() {
     direct) echo "$PG_PORT" ;;
     pgcloak) echo "$PGCLOAK_PORT" ;;
     pgbouncer) echo "$BOUNCER_PORT" ;;
+    audit-batched) echo "$AUDIT_BATCHED_PORT" ;;
+    audit-strict) echo "$AUDIT_STRICT_PORT" ;;
   esac
 }
 
@@ -290,8 +330,10 @@ export PGPASSWORD=$BENCH_PASSWORD PGSSLMODE=$SSLMODE PGCONNECT_TIMEOUT=10
 
 for t in "${TARGETS[@]}"; do
   case $t in
-    pgcloak) start_pgcloak ;;
+    pgcloak) start_pgcloak pgcloak "$PGCLOAK_PORT" ;;
     pgbouncer) start_pgbouncer ;;
+    audit-batched) start_pgcloak audit-batched "$AUDIT_BATCHED_PORT" batched ;;
+    audit-strict) start_pgcloak audit-strict "$AUDIT_STRICT_PORT" strict ;;
   esac
   out=$(timeout --foreground 30 psql -X -At -h 127.0.0.1 -p "$(target_port "$t")" -U "$BENCH_USER" \
     -d "$BENCH_DB" -c "SELECT count(*) FROM pgbench_branches" 2>&1) && [[ $out == "$SCALE" ]] ||
@@ -324,7 +366,10 @@ if awk -v l="$LOADAVG" -v c="$CORES" 'BEGIN {exit !(l > c / 2)}'; then
   echo
 fi
 
-RUNS_TSV=$WORK/runs.tsv # round mode target tps latency_ms failed ok
+RUNS_TSV=$WORK/runs.tsv # round mode target tps latency_ms failed ok proxy_cpu_us_per_tx
+CLK_TCK=$(getconf CLK_TCK)
+# CPU time (user + system, in clock ticks) a process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 : >"$RUNS_TSV"
 RUN_TIMEOUT=$((DURATION + 60))
 ANY_FAILED=0
@@ -353,7 +398,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
       log "round $round/$ROUNDS: $mode -> $target"
       ok=1
       run_log=$WORK/pgbench-$round-$mode-$target.log
+      ppid=${PROXY_PID[$target]:-}
+      cpu0=0
+      [[ -n $ppid ]] && cpu0=$(cpu_ticks "$ppid")
       run_pgbench "$mode" "$target" "$DURATION" "$run_log" || ok=0
+      cpu1=0
+      [[ -n $ppid ]] && cpu1=$(cpu_ticks "$ppid")
       out=$(<"$run_log")
       tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | tail -n 1)
       lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' <<<"$out" | tail -n 1)
@@ -365,8 +415,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
         log "run failed: $mode -> $target; pgbench said:"
         tail -n 15 <<<"$out" >&2
       fi
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$mode" "$target" \
-        "${tps:-0}" "${lat:-0}" "${failed:-0}" "$ok" >>"$RUNS_TSV"
+      # The proxy's CPU per transaction: what it costs beyond throughput
+      # (pgbench, PostgreSQL and the proxy share the cores).
+      cpu_tx=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$CLK_TCK" -v t="${tps:-0}" -v d="$DURATION" -v p="$ppid" \
+        'BEGIN {if (p == "" || t <= 0) print "null"; else printf "%.1f", (b - a) / hz * 1e6 / (t * d)}')
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$mode" "$target" \
+        "${tps:-0}" "${lat:-0}" "${failed:-0}" "$ok" "$cpu_tx" >>"$RUNS_TSV"
     done
   done
 done
@@ -375,7 +429,7 @@ done
 
 median() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
-SUMMARY_TSV=$WORK/summary.tsv # mode target tps latency ratio
+SUMMARY_TSV=$WORK/summary.tsv # mode target tps latency ratio proxy_cpu_us_per_tx
 : >"$SUMMARY_TSV"
 for mode in "${MODES[@]}"; do
   direct_tps=$(awk -F'\t' -v m="$mode" '$2 == m && $3 == "direct" && $7 == 1 {print $4}' "$RUNS_TSV" | median)
@@ -383,15 +437,28 @@ for mode in "${MODES[@]}"; do
     tps=$(awk -F'\t' -v m="$mode" -v t="$target" '$2 == m && $3 == t && $7 == 1 {print $4}' "$RUNS_TSV" | median)
     lat=$(awk -F'\t' -v m="$mode" -v t="$target" '$2 == m && $3 == t && $7 == 1 {print $5}' "$RUNS_TSV" | median)
     ratio=$(awk -v a="$tps" -v b="$direct_tps" 'BEGIN {if (b > 0) printf "%.3f", a / b; else print "null"}')
-    printf '%s\t%s\t%s\t%s\t%s\n' "$mode" "$target" "$tps" "$lat" "$ratio" >>"$SUMMARY_TSV"
+    cpu=$(awk -F'\t' -v m="$mode" -v t="$target" '$2 == m && $3 == t && $7 == 1 && $8 != "null" {print $8}' "$RUNS_TSV" | median)
+    [[ $target == direct ]] && cpu=null
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$target" "$tps" "$lat" "$ratio" "$cpu" >>"$SUMMARY_TSV"
   done
 done
 
-printf '%-9s %-10s %12s %12s %10s\n' mode target tps latency_ms vs_direct
-printf '%-9s %-10s %12s %12s %10s\n' --------- ---------- ------------ ------------ ----------
-while IFS=$'\t' read -r mode target tps lat ratio; do
-  printf '%-9s %-10s %12.1f %12.3f %10s\n' "$mode" "$target" "$tps" "$lat" "$ratio"
+printf '%-9s %-14s %12s %12s %10s %14s\n' mode target tps latency_ms vs_direct proxy_cpu_us/tx
+printf '%-9s %-14s %12s %12s %10s %14s\n' --------- -------------- ------------ ------------ ---------- --------------
+while IFS=$'\t' read -r mode target tps lat ratio cpu; do
+  printf '%-9s %-14s %12.1f %12.3f %10s %14s\n' "$mode" "$target" "$tps" "$lat" "$ratio" "$cpu"
 done <"$SUMMARY_TSV"
+# Audit cost: each audit target against plain pgcloak in the same run.
+if grep -q $'\tpgcloak\t' "$SUMMARY_TSV" && grep -q $'\taudit-' "$SUMMARY_TSV"; then
+  echo
+  while IFS=$'\t' read -r mode target tps _; do
+    [[ $target == audit-* ]] || continue
+    base=$(awk -F'\t' -v m="$mode" '$1 == m && $2 == "pgcloak" {print $3}' "$SUMMARY_TSV")
+    awk -v m="$mode" -v t="$target" -v a="$tps" -v b="$base" \
+      'BEGIN {goal = (t == "audit-strict") ? 0.85 : 0.95; r = (b > 0) ? a / b : 0;
+              printf "%-9s %-14s %.3f of pgcloak without audit (goal >= %.2f: %s)\n", m, t, r, goal, (r >= goal ? "met" : "not met")}'
+  done <"$SUMMARY_TSV"
+fi
 
 mkdir -p "$(dirname "$RESULTS_FILE")"
 json_str() { python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1"; }
@@ -407,10 +474,10 @@ json_str() { python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1";
     "$SCALE" "$CLIENTS" "$JOBS" "$DURATION" "$ROUNDS" "$WARMUP" \
     "$( ((TLS)) && echo true || echo false)" "$UPSTREAM" "$PGCLOAK_THREADS"
   printf '  "runs": [\n'
-  awk -F'\t' '{printf "%s    {\"round\": %s, \"mode\": \"%s\", \"target\": \"%s\", \"tps\": %s, \"latency_ms\": %s, \"failed_transactions\": %s, \"ok\": %s}", (NR > 1 ? ",\n" : ""), $1, $2, $3, $4, $5, $6, ($7 == 1 ? "true" : "false")} END {print ""}' "$RUNS_TSV"
+  awk -F'\t' '{printf "%s    {\"round\": %s, \"mode\": \"%s\", \"target\": \"%s\", \"tps\": %s, \"latency_ms\": %s, \"failed_transactions\": %s, \"ok\": %s, \"proxy_cpu_us_per_tx\": %s}", (NR > 1 ? ",\n" : ""), $1, $2, $3, $4, $5, $6, ($7 == 1 ? "true" : "false"), $8} END {print ""}' "$RUNS_TSV"
   printf '  ],\n'
   printf '  "summary": [\n'
-  awk -F'\t' '{printf "%s    {\"mode\": \"%s\", \"target\": \"%s\", \"tps_median\": %s, \"latency_ms_median\": %s, \"ratio_to_direct\": %s}", (NR > 1 ? ",\n" : ""), $1, $2, $3, $4, $5} END {print ""}' "$SUMMARY_TSV"
+  awk -F'\t' '{printf "%s    {\"mode\": \"%s\", \"target\": \"%s\", \"tps_median\": %s, \"latency_ms_median\": %s, \"ratio_to_direct\": %s, \"proxy_cpu_us_per_tx\": %s}", (NR > 1 ? ",\n" : ""), $1, $2, $3, $4, $5, ($6 == "" ? "null" : $6)} END {print ""}' "$SUMMARY_TSV"
   printf '  ]\n'
   printf '}\n'
 } >"$RESULTS_FILE"

@@ -37,6 +37,11 @@ LOG_FILE="$DEMO_DIR/pgcloak.log"
 # every start) and the password of pgcloak's catalog login.
 MASK_KEY_FILE="$DEMO_DIR/mask.key"
 CATALOG_PASSWORD_FILE="$DEMO_DIR/catalog.password"
+# The audit trail (docs/audit.md): pgcloak ratchets audit.key forward at each
+# rotation; audit-initial.key is the copy that verifies the whole trail.
+AUDIT_DIR="$DEMO_DIR/audit"
+AUDIT_KEY_FILE="$DEMO_DIR/audit.key"
+AUDIT_INITIAL_KEY_FILE="$DEMO_DIR/audit-initial.key"
 PG_PORT=${DEMO_PG_PORT:-55432}
 PROXY_PORT=${DEMO_PGCLOAK_PORT:-6432}
 SCALE=${DEMO_SCALE:-1}
@@ -246,6 +251,20 @@ masking:
         email: {mask: hash, length: 16}
   # Logins no policy names (none in the fixture): everything redacted.
   default_policy: {default: redact, rules: {}}
+# Who read what, when: one HMAC-chained JSON record per event, literals
+# never written (docs/audit.md). Verify with:
+#   pgcloak audit verify --key-file $AUDIT_INITIAL_KEY_FILE $AUDIT_DIR/audit.jsonl*
+audit:
+  durability: batched
+  flush_interval: 200ms
+  on_failure: fail_closed
+  key_file: "$AUDIT_KEY_FILE"
+  file:
+    path: "$AUDIT_DIR/audit.jsonl"
+    rotate_size: 64MiB
+    rotate_age: 24h
+    compress: true
+    retention_days: 30
 EOF
 }
 
@@ -257,8 +276,13 @@ write_secrets() {
     rm -f "$MASK_KEY_FILE" "$CATALOG_PASSWORD_FILE"
     openssl rand -hex 32 >"$MASK_KEY_FILE"
     password_for pgcloak >"$CATALOG_PASSWORD_FILE"
+    # A fresh trail per demo start, with a fresh chain key.
+    rm -rf "$AUDIT_DIR" "$AUDIT_KEY_FILE" "$AUDIT_INITIAL_KEY_FILE"
+    mkdir -p "$AUDIT_DIR"
+    openssl rand -hex 32 >"$AUDIT_INITIAL_KEY_FILE"
+    cp "$AUDIT_INITIAL_KEY_FILE" "$AUDIT_KEY_FILE"
   ) || die "cannot write the demo secrets into $DEMO_DIR"
-  chmod 600 "$MASK_KEY_FILE" "$CATALOG_PASSWORD_FILE"
+  chmod 600 "$MASK_KEY_FILE" "$CATALOG_PASSWORD_FILE" "$AUDIT_KEY_FILE" "$AUDIT_INITIAL_KEY_FILE"
 }
 
 # psql through pgcloak as a demo login, verifying pgcloak's certificate.
@@ -337,6 +361,33 @@ verify_masking() {
   SEEN_ANALYST="$a_email | $a_ssn | $a_card | $a_birth"
 }
 
+# The checks above must be in the audit trail, attributed and verifiable,
+# and no stored value of customer 1 may appear in it.
+verify_audit() {
+  local i out
+  for ((i = 0; i < 50; i++)); do
+    if grep -qs '"user":"analyst"' "$AUDIT_DIR"/audit.jsonl &&
+      grep -qs '"rule":"deny:set-role"' "$AUDIT_DIR"/audit.jsonl; then
+      break
+    fi
+    sleep 0.1
+  done
+  grep -qs '"user":"analyst".*"decision":"masked"' "$AUDIT_DIR"/audit.jsonl ||
+    { echo "  the analyst's masked statements are not in $AUDIT_DIR/audit.jsonl" >&2; return 1; }
+  grep -qs '"decision":"denied".*"rule":"deny:set-role"' "$AUDIT_DIR"/audit.jsonl ||
+    { echo "  support's refused SET ROLE is not in $AUDIT_DIR/audit.jsonl" >&2; return 1; }
+  local v
+  for v in ${SEEN_ADMIN//|/ }; do
+    if [[ ${#v} -ge 6 ]] && grep -qsF -- "$v" "$AUDIT_DIR"/audit.jsonl*; then
+      echo "  the stored value '$v' appears in the audit trail" >&2
+      return 1
+    fi
+  done
+  out=$("$PGCLOAK_BIN" audit verify --key-file "$AUDIT_INITIAL_KEY_FILE" "$AUDIT_DIR"/audit.jsonl* 2>&1) ||
+    { echo "  $out" >&2; return 1; }
+  AUDIT_SUMMARY=$out
+}
+
 cmd_start() {
   check_port_number DEMO_PG_PORT "$PG_PORT"
   check_port_number DEMO_PGCLOAK_PORT "$PROXY_PORT"
@@ -410,6 +461,9 @@ cmd_start() {
   verify_masking || { stop_pgcloak; die "masking does not work as configured; see $LOG_FILE"; }
   say "verified: admin sees stored values, support partial masks, analyst hashes and redactions," \
     "SET ROLE is refused"
+  verify_audit || { stop_pgcloak; die "the audit trail is not as expected; see $LOG_FILE"; }
+  say "verified: the audit trail has these checks, no customer values, and its chain verifies" \
+    "($AUDIT_SUMMARY)"
 
   local r
   cat <<EOF
@@ -421,6 +475,7 @@ pgcloak is running in front of the demo database, masking by role.
   pgcloak log $LOG_FILE
   config      $CONFIG (masking policies: docs/masking.md)
   mask key    $MASK_KEY_FILE (random, mode 600, new on every start)
+  audit trail $AUDIT_DIR/audit.jsonl (docs/audit.md)
 
 Connect through pgcloak as each login (demo passwords, loopback only):
 
@@ -474,6 +529,12 @@ with rule deny:set-role.
 To also verify pgcloak's certificate (self-signed demo CA):
 
   psql "postgresql://analyst:$(password_for analyst)@localhost:$PROXY_PORT/shop?sslmode=verify-full&sslrootcert=$TLS_DIR/ca.crt"
+
+Every statement above is in the audit trail, with the decision and the rule,
+but without literals. Watch it, and check that nobody has altered it:
+
+  tail -f $AUDIT_DIR/audit.jsonl
+  $PGCLOAK_BIN audit verify --key-file $AUDIT_INITIAL_KEY_FILE $AUDIT_DIR/audit.jsonl*
 
 Stop everything:  deploy/demo.sh stop
 EOF

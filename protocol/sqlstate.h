@@ -24,6 +24,7 @@ inline constexpr std::string_view cannot_connect_now = "57P03";
 inline constexpr std::string_view idle_session_timeout = "57P05";
 inline constexpr std::string_view query_canceled = "57014";
 inline constexpr std::string_view config_file_error = "F0000";
+inline constexpr std::string_view io_error = "58030";
 inline constexpr std::string_view internal_error = "XX000";
 
 }  // namespace pgcloak::sqlstate

@@ -322,6 +322,7 @@ awaitable<bool> Session::authenticate_upstream_scram(const ScramKey& client_key,
       case be::error_response:
         // PostgreSQL's own error (e.g. the role lost its LOGIN attribute or
         // the password changed in between), unchanged.
+        note_upstream_error(frame.body);
         queue_to_client(upstream_in_.view().first(size));
         upstream_in_.consume(size);
         co_await flush_client();

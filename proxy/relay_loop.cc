@@ -13,11 +13,13 @@
 #include <cstring>
 
 #include <deque>
+#include <unordered_map>
 
 #include "protocol/backend.h"
 #include "protocol/frame_relay.h"
 #include "protocol/frontend.h"
 #include "protocol/message_type.h"
+#include "proxy/audit_log.h"
 #include "proxy/log.h"
 #include "rules/mask_value.h"
 #include "rules/rewriter.h"
@@ -105,7 +107,7 @@ enum class Io { ok, would_block, eof, error };
 
 // One relayed session: the client side, the PostgreSQL side, what each is
 // owed, and the protocol state the proxy must track between them.
-class RelayConnection {
+class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
  public:
   RelayConnection(RelayLoop& loop, RelayStart start);
   ~RelayConnection();
@@ -121,6 +123,8 @@ class RelayConnection {
   void tick(Clock::time_point now);
   void close_now();
   bool closed() const { return closed_; }
+  // Strict audit: records up to `durable` are on disk; release what waited.
+  void audit_durable(uint64_t durable);
 
   // The epoll cookie of each side: the connection plus which side.
   struct Tag {
@@ -141,7 +145,11 @@ class RelayConnection {
     Buffer out;             // owed to this side
     size_t out_begin = 0;
     Tag tag{};
+    // Strict audit: (offset in out, record seq). Bytes from offset on are
+    // not sent until that record is durable; offsets only grow.
+    std::deque<std::pair<size_t, uint64_t>> holds;
     size_t pending() const { return out.size() - out_begin; }
+    size_t sendable_end() const { return holds.empty() ? out.size() : holds.front().first; }
     void append(Bytes b) {
       if (out_begin > 0 && out_begin == out.size()) {
         out.clear();
@@ -156,16 +164,58 @@ class RelayConnection {
   // statement. Protocol docs, "Extended Query": after an error the backend
   // discards messages until Sync.
   enum class Expect : uint8_t { parse, bind, describe, execute, close, sync, query, function_call };
+  // A statement in flight, for its audit record: attached to the
+  // expectation of the message that runs it (Query, Execute) or can fail
+  // for it (Parse, Bind).
+  struct AuditPending {
+    std::shared_ptr<const std::string> sql;
+    unsigned index = 0;  // statement within a multi-statement Query
+    bool extended = false;
+    std::string statement_name;
+    std::string portal_name;
+    std::string decision = "allowed";
+    std::string rule;
+    uint32_t function_oid = 0;  // FunctionCall
+    std::string sqlstate;       // FunctionCall: set when it failed
+    Clock::time_point start = Clock::now();
+    uint64_t rows = 0;
+    uint64_t bytes = 0;
+    std::optional<std::vector<std::optional<std::string>>> parameters;
+  };
   struct Expectation {
     Expect kind;
     std::optional<Error> refusal;  // set = poisoned: replace its error with this
+    std::shared_ptr<AuditPending> audit = {};
+  };
+  // What the audit records of later Bind/Execute messages need to know
+  // about a prepared statement or portal, as the client defined it.
+  struct AuditSource {
+    std::shared_ptr<const std::string> sql;
+    std::string decision = "allowed";
+    std::string rule;
+    std::string statement_name;
+    std::optional<std::vector<std::optional<std::string>>> parameters;
   };
 
   Io read(Side& s, uint8_t* buf, size_t cap, size_t& n, int& err);
   void refresh_policy();
   void client_frame(uint8_t type, Bytes frame, Buffer& out);
   void server_frame(uint8_t type, Bytes frame, Buffer& out);
-  void on_server_header(uint8_t type);
+  void on_server_header(uint8_t type, uint32_t length);
+  // --- audit (docs/audit.md) ---
+  std::shared_ptr<AuditPending> audit_pending(std::shared_ptr<const std::string> sql, bool extended);
+  void audit_emit(AuditPending& p, std::string_view tag, std::string_view sqlstate);
+  void audit_statement_done(std::string_view tag, std::string_view sqlstate);
+  bool audit_refusing() const;
+  Error audit_refusal() const;
+  void audit_hold_ready(Buffer& out);
+  void client_query(Bytes frame, Buffer& out);
+  void client_parse(Bytes frame, Buffer& out);
+  void client_bind(Bytes frame, Buffer& out);
+  void client_execute(Bytes frame, Buffer& out);
+  void client_function_call(Bytes frame, Buffer& out);
+  void poison(Expect kind, const Error& refusal, std::shared_ptr<AuditPending> audit, Buffer& out,
+              const std::string& statement_name = {});
   void note_ddl();
   void backstop_columns(Bytes body);
   void backstop_row(Bytes frame, Buffer& out);
@@ -201,6 +251,17 @@ class RelayConnection {
   bool policy_known_ = false;
   PolicyLookup policy_;
   bool masked_ = false;  // statements are analysed (policy masks something, or is unknown)
+  AuditHooks audit_;
+  uint64_t audit_last_seq_ = 0;  // last record this session submitted
+  std::unordered_map<std::string, AuditSource> audit_statements_;
+  std::unordered_map<std::string, AuditSource> audit_portals_;
+  uint64_t audit_statement_count_ = 0;
+  uint64_t audit_rows_ = 0;
+  uint64_t audit_bytes_ = 0;
+  Clock::time_point started_ = Clock::now();
+  // Responses are matched to client messages while statements are analysed
+  // (masking) or audited.
+  bool tracking() const { return masked_ || static_cast<bool>(audit_); }
   std::deque<Expectation> expect_;
   bool ddl_seen_ = false;  // DDL since the last idle ReadyForQuery
   // Second line of defence (issue: "RowDescription origins are checked"):
@@ -242,6 +303,7 @@ RelayConnection::RelayConnection(RelayLoop& loop, RelayStart start)
       client_frames_(start.max_message_size),
       server_frames_(start.max_message_size),
       hooks_(std::move(start.policy)),
+      audit_(std::move(start.audit)),
       draining_(start.draining) {
   client_.fd = start.client.fd;
   client_.ssl = std::move(start.client.ssl);
@@ -321,15 +383,17 @@ Io RelayConnection::read(Side& s, uint8_t* buf, size_t cap, size_t& n, int& err)
 }
 
 Io RelayConnection::flush(Side& s, int& err) {
-  while (s.pending() > 0) {
+  const size_t end = s.sendable_end();
+  while (s.out_begin < end) {
     const uint8_t* p = s.out.data() + s.out_begin;
+    const size_t avail = end - s.out_begin;
     size_t n = 0;
     if (s.ssl) {
       ERR_clear_error();
       errno = 0;
       // The length never shrinks between retries (out only grows at the
       // end), as OpenSSL requires after WANT_WRITE.
-      const int r = SSL_write(s.ssl.get(), p, static_cast<int>(std::min<size_t>(s.pending(), 1 << 20)));
+      const int r = SSL_write(s.ssl.get(), p, static_cast<int>(std::min<size_t>(avail, 1 << 20)));
       if (r <= 0) {
         switch (SSL_get_error(s.ssl.get(), r)) {
           case SSL_ERROR_WANT_WRITE: s.writable = false; return Io::would_block;
@@ -345,7 +409,7 @@ Io RelayConnection::flush(Side& s, int& err) {
       }
       n = static_cast<size_t>(r);
     } else {
-      const ssize_t r = ::send(s.fd, p, s.pending(), MSG_NOSIGNAL);
+      const ssize_t r = ::send(s.fd, p, avail, MSG_NOSIGNAL);
       if (r < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -359,14 +423,16 @@ Io RelayConnection::flush(Side& s, int& err) {
     }
     s.out_begin += n;
   }
-  s.out.clear();
-  s.out_begin = 0;
+  if (s.out_begin == s.out.size()) {
+    s.out.clear();
+    s.out_begin = 0;
+  }
   return Io::ok;
 }
 
 void RelayConnection::update_interest(Side& s) {
   if (s.fd < 0) return;
-  const bool want = (s.pending() > 0 && !s.writable) || s.read_wants_write;
+  const bool want = (s.sendable_end() > s.out_begin && !s.writable) || s.read_wants_write;
   if (want == s.epollout) return;
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET | (want ? EPOLLOUT : 0U);
@@ -403,7 +469,8 @@ bool RelayConnection::pump() {
     progress = false;
     int err = 0;
     // Client to PostgreSQL.
-    if (!closing_ && !client_.dead && client_.readable && upstream_.pending() < out_cap) {
+    const bool audit_blocked = audit_ && !audit_.fail_closed && !audit_.log->accepting();
+    if (!closing_ && !client_.dead && client_.readable && upstream_.pending() < out_cap && !audit_blocked) {
       size_t n = 0;
       switch (read(client_, rx, rx_size, n, err)) {
         case Io::ok:
@@ -443,7 +510,7 @@ bool RelayConnection::pump() {
       }
       if (closed_) return false;
     }
-    if (client_.pending() > 0 && client_.writable && !client_.dead) {
+    if (client_.sendable_end() > client_.out_begin && client_.writable && !client_.dead) {
       const size_t before = client_.pending();
       if (flush(client_, err) == Io::error) {
         log::debug(std::string("client connection error: ") + std::strerror(err), id_);
@@ -483,7 +550,16 @@ void RelayConnection::refresh_policy() {
   policy_ = hooks_.lookup();
   const bool was = masked_;
   masked_ = policy_.unavailable.has_value() || (policy_.policy && policy_.policy->masks_anything());
-  if (!masked_) expect_.clear();
+  if (audit_) {
+    // Records name the policy in force when the statement ran.
+    const std::string name = policy_.policy ? policy_.policy->policy().name : std::string();
+    if (audit_.session && audit_.session->policy != name) {
+      auto s = std::make_shared<AuditSession>(*audit_.session);
+      s->policy = name;
+      audit_.session = std::move(s);
+    }
+  }
+  if (!tracking()) expect_.clear();
   if (was != masked_)
     log::info(masked_ ? "masking is on for this session" : "masking is off for this session", id_);
 }
@@ -518,7 +594,7 @@ bool RelayConnection::from_client(Bytes chunk) {
         } else if (type == fe::terminate) {
           saw_terminate = true;
         }
-        if (!masked_) {
+        if (!tracking()) {
           // Unmasked sessions are not analysed, but DDL they run must
           // refresh the catalog masked sessions depend on.
           const bool watch = hooks_.catalog_changed && (type == fe::query || type == fe::parse);
@@ -529,9 +605,15 @@ bool RelayConnection::from_client(Bytes chunk) {
           case fe::parse:
           case fe::function_call:
             return protocol::FrameAction::hold;  // expectation recorded with the decision
-          case fe::bind: expect_.push_back({Expect::bind, {}}); break;
+          case fe::bind:
+            if (audit_) return protocol::FrameAction::hold;  // portal and statement names
+            expect_.push_back({Expect::bind, {}});
+            break;
           case fe::describe: expect_.push_back({Expect::describe, {}}); break;
-          case fe::execute: expect_.push_back({Expect::execute, {}}); break;
+          case fe::execute:
+            if (audit_) return protocol::FrameAction::hold;  // which portal runs
+            expect_.push_back({Expect::execute, {}});
+            break;
           case fe::close: expect_.push_back({Expect::close, {}}); break;
           case fe::sync: expect_.push_back({Expect::sync, {}}); break;
           default: break;
@@ -560,9 +642,9 @@ void RelayConnection::note_ddl() {
 }
 
 void RelayConnection::client_frame(uint8_t type, Bytes frame, Buffer& out) {
-  const Bytes body = frame.subspan(5);
-  if (!masked_) {
+  if (!tracking()) {
     // Held only to spot DDL (see from_client); forwarded unchanged.
+    const Bytes body = frame.subspan(5);
     std::string text;
     if (type == fe::query) {
       if (auto q = protocol::Query::decode(body)) text = std::move(q->sql);
@@ -573,72 +655,312 @@ void RelayConnection::client_frame(uint8_t type, Bytes frame, Buffer& out) {
     out.insert(out.end(), frame.begin(), frame.end());
     return;
   }
-  auto poison_query = [&](Expect kind, const Error& refusal) {
+  switch (type) {
+    case fe::query: return client_query(frame, out);
+    case fe::parse: return client_parse(frame, out);
+    case fe::bind: return client_bind(frame, out);
+    case fe::execute: return client_execute(frame, out);
+    case fe::function_call: return client_function_call(frame, out);
+    default: out.insert(out.end(), frame.begin(), frame.end());
+  }
+}
+
+// A refused message is replaced by one PostgreSQL rejects, so its
+// transaction and pipeline state follow; its error is swapped for `refusal`.
+void RelayConnection::poison(Expect kind, const Error& refusal, std::shared_ptr<AuditPending> audit,
+                             Buffer& out, const std::string& statement_name) {
+  if (kind == Expect::parse) {
+    protocol::Parse{statement_name, std::string(poison_sql), {}}.encode(out);
+  } else {
     protocol::Query{std::string(poison_sql)}.encode(out);
-    expect_.push_back({kind, refusal});
+  }
+  if (audit) {
+    audit->decision = "denied";
+    if (audit->rule.empty()) audit->rule = "refused";
+  }
+  expect_.push_back({kind, refusal, std::move(audit)});
+}
+
+void RelayConnection::client_function_call(Bytes frame, Buffer& out) {
+  std::shared_ptr<AuditPending> pending;
+  if (audit_) {
+    pending = audit_pending(nullptr, false);
+    if (auto fc = protocol::FunctionCall::decode(frame.subspan(5))) pending->function_oid = fc->function_oid;
+  }
+  if (audit_refusing()) {
+    pending->rule = "audit-unavailable";
+    return poison(Expect::function_call, audit_refusal(), std::move(pending), out);
+  }
+  if (!masked_) {
+    out.insert(out.end(), frame.begin(), frame.end());
+    expect_.push_back({Expect::function_call, {}, std::move(pending)});
+    return;
+  }
+  // The fast-path call carries no SQL to analyse (lo_export, pg_read_file
+  // by OID): refused for masked sessions (MASKING-THREATS.md, class 15).
+  Error e = policy_.policy ? rules::policy_refusal(
+                                 *policy_.policy, "deny:function-call", "the fast-path FunctionCall message",
+                                 "it calls a function by OID without SQL pgcloak can analyse")
+                           : *policy_.unavailable;
+  log::warn("refused: FunctionCall message", id_);
+  if (pending) pending->rule = "deny:function-call";
+  poison(Expect::function_call, e, std::move(pending), out);
+}
+
+void RelayConnection::client_query(Bytes frame, Buffer& out) {
+  auto q = protocol::Query::decode(frame.subspan(5));
+  if (!q) return poison(Expect::query, q.error(), nullptr, out);
+  std::shared_ptr<AuditPending> pending;
+  if (audit_) pending = audit_pending(std::make_shared<const std::string>(q->sql), false);
+  if (audit_refusing()) {
+    pending->rule = "audit-unavailable";
+    return poison(Expect::query, audit_refusal(), std::move(pending), out);
+  }
+  if (!masked_) {
+    if (rules::may_change_catalog(q->sql)) note_ddl();
+    out.insert(out.end(), frame.begin(), frame.end());
+    expect_.push_back({Expect::query, {}, std::move(pending)});
+    return;
+  }
+  auto d = decide(q->sql);
+  if (d->catalog_may_change) note_ddl();
+  if (pending) pending->rule = d->rule;
+  switch (d->action) {
+    case rules::StatementDecision::Action::pass:
+      out.insert(out.end(), frame.begin(), frame.end());
+      expect_.push_back({Expect::query, {}, std::move(pending)});
+      return;
+    case rules::StatementDecision::Action::rewrite:
+      if (pending) pending->decision = "masked";
+      protocol::Query{d->sql}.encode(out);
+      expect_.push_back({Expect::query, {}, std::move(pending)});
+      return;
+    case rules::StatementDecision::Action::refuse:
+      log::info("refused (" + d->rule + "): " + d->refusal->message, id_);
+      return poison(Expect::query, *d->refusal, std::move(pending), out);
+  }
+}
+
+// Parse: analysed and rewritten once; PostgreSQL keeps the rewritten
+// statement under the client's name, so Bind/Execute/Describe need no
+// change and Describe reports the masked statement's (identical) shape.
+void RelayConnection::client_parse(Bytes frame, Buffer& out) {
+  auto p = protocol::Parse::decode(frame.subspan(5));
+  if (!p) return poison(Expect::parse, p.error(), nullptr, out);
+  std::shared_ptr<AuditPending> pending;
+  if (audit_) {
+    pending = audit_pending(std::make_shared<const std::string>(p->query), true);
+    pending->statement_name = p->statement;
+  }
+  // Later Bind/Execute records name this text; a failed Parse leaves no
+  // statement, and its Execute fails too (and is recorded as failed).
+  auto remember = [&] {
+    if (pending)
+      audit_statements_[p->statement] = {pending->sql, pending->decision, pending->rule, p->statement, {}};
   };
-  if (type == fe::function_call) {
-    // The fast-path call carries no SQL to analyse (lo_export, pg_read_file
-    // by OID): refused for masked sessions (MASKING-THREATS.md, class 15).
-    Error e = policy_.policy
-                  ? rules::policy_refusal(*policy_.policy, "deny:function-call",
-                                          "the fast-path FunctionCall message",
-                                          "it calls a function by OID without SQL pgcloak can analyse")
-                  : *policy_.unavailable;
-    log::warn("refused: FunctionCall message", id_);
-    return poison_query(Expect::function_call, e);
+  if (audit_refusing()) {
+    pending->rule = "audit-unavailable";
+    return poison(Expect::parse, audit_refusal(), std::move(pending), out, p->statement);
   }
-  if (type == fe::query) {
-    auto q = protocol::Query::decode(body);
-    if (!q) return poison_query(Expect::query, q.error());
-    auto d = decide(q->sql);
-    if (d->catalog_may_change) note_ddl();
-    switch (d->action) {
-      case rules::StatementDecision::Action::pass:
-        out.insert(out.end(), frame.begin(), frame.end());
-        expect_.push_back({Expect::query, {}});
-        return;
-      case rules::StatementDecision::Action::rewrite:
-        protocol::Query{d->sql}.encode(out);
-        expect_.push_back({Expect::query, {}});
-        return;
-      case rules::StatementDecision::Action::refuse:
-        log::info("refused (" + d->rule + "): " + d->refusal->message, id_);
-        return poison_query(Expect::query, *d->refusal);
-    }
-  }
-  // Parse: analysed and rewritten once; PostgreSQL keeps the rewritten
-  // statement under the client's name, so Bind/Execute/Describe need no
-  // change and Describe reports the masked statement's (identical) shape.
-  auto p = protocol::Parse::decode(body);
-  if (!p) {
-    protocol::Parse{"", std::string(poison_sql), {}}.encode(out);
-    expect_.push_back({Expect::parse, p.error()});
+  if (!masked_) {
+    if (rules::may_change_catalog(p->query)) note_ddl();
+    remember();
+    out.insert(out.end(), frame.begin(), frame.end());
+    expect_.push_back({Expect::parse, {}, std::move(pending)});
     return;
   }
   auto d = decide(p->query);
   if (d->catalog_may_change) note_ddl();
+  if (pending) pending->rule = d->rule;
   switch (d->action) {
     case rules::StatementDecision::Action::pass:
+      remember();
       out.insert(out.end(), frame.begin(), frame.end());
-      expect_.push_back({Expect::parse, {}});
+      expect_.push_back({Expect::parse, {}, std::move(pending)});
       return;
     case rules::StatementDecision::Action::rewrite:
+      if (pending) pending->decision = "masked";
+      remember();
       p->query = d->sql;
       p->encode(out);
-      expect_.push_back({Expect::parse, {}});
+      expect_.push_back({Expect::parse, {}, std::move(pending)});
       return;
     case rules::StatementDecision::Action::refuse:
       log::info("refused (" + d->rule + "): " + d->refusal->message, id_);
-      protocol::Parse{p->statement, std::string(poison_sql), {}}.encode(out);
-      expect_.push_back({Expect::parse, *d->refusal});
-      return;
+      if (pending) {
+        pending->decision = "denied";
+        remember();
+      }
+      return poison(Expect::parse, *d->refusal, std::move(pending), out, p->statement);
   }
 }
 
-void RelayConnection::on_server_header(uint8_t type) {
+// Bind and Execute are held only when audited (from_client).
+void RelayConnection::client_bind(Bytes frame, Buffer& out) {
+  out.insert(out.end(), frame.begin(), frame.end());
+  auto b = protocol::Bind::decode(frame.subspan(5));
+  if (!b) {
+    // PostgreSQL rejects it the same way; the record says what failed.
+    expect_.push_back({Expect::bind, {}, audit_pending(nullptr, true)});
+    return;
+  }
+  AuditSource src;
+  if (auto it = audit_statements_.find(b->statement); it != audit_statements_.end()) src = it->second;
+  src.statement_name = b->statement;
+  if (audit_.log_parameters) {
+    // Sealed by the audit writer, never written in the clear.
+    std::vector<std::optional<std::string>> values;
+    values.reserve(b->parameters.size());
+    for (const auto& v : b->parameters) {
+      if (v) {
+        values.emplace_back(std::string(reinterpret_cast<const char*>(v->data()), v->size()));
+      } else {
+        values.emplace_back(std::nullopt);
+      }
+    }
+    src.parameters = std::move(values);
+  }
+  auto pending = audit_pending(src.sql, true);
+  pending->statement_name = src.statement_name;
+  pending->portal_name = b->portal;
+  pending->decision = src.decision;
+  pending->rule = src.rule;
+  pending->parameters = src.parameters;
+  audit_portals_[b->portal] = std::move(src);
+  expect_.push_back({Expect::bind, {}, std::move(pending)});
+}
+
+void RelayConnection::client_execute(Bytes frame, Buffer& out) {
+  auto e = protocol::Execute::decode(frame.subspan(5));
+  std::shared_ptr<AuditPending> pending = audit_pending(nullptr, true);
+  if (e) {
+    pending->portal_name = e->portal;
+    if (auto it = audit_portals_.find(e->portal); it != audit_portals_.end()) {
+      pending->sql = it->second.sql;
+      pending->statement_name = it->second.statement_name;
+      pending->decision = it->second.decision;
+      pending->rule = it->second.rule;
+      pending->parameters = it->second.parameters;
+    }
+  }
+  if (audit_refusing()) {
+    pending->rule = "audit-unavailable";
+    // Replaced by a Parse PostgreSQL rejects: the pipeline then skips to
+    // Sync exactly as after a failed Execute.
+    return poison(Expect::parse, audit_refusal(), std::move(pending), out, "pgcloak_refused");
+  }
+  out.insert(out.end(), frame.begin(), frame.end());
+  expect_.push_back({Expect::execute, {}, std::move(pending)});
+}
+
+// --- audit ------------------------------------------------------------------
+
+std::shared_ptr<RelayConnection::AuditPending> RelayConnection::audit_pending(
+    std::shared_ptr<const std::string> sql, bool extended) {
+  if (!audit_) return nullptr;
+  auto p = std::make_shared<AuditPending>();
+  p->sql = std::move(sql);
+  p->extended = extended;
+  return p;
+}
+
+bool RelayConnection::audit_refusing() const {
+  return audit_ && audit_.fail_closed && !audit_.log->accepting();
+}
+
+Error RelayConnection::audit_refusal() const {
+  return Error::make(sqlstate::io_error,
+                     "pgcloak cannot write its audit trail, so it refuses new statements until it can",
+                     Severity::error,
+                     "Retry in a moment; an administrator should check the audit sink (see pgcloak's log). "
+                     "This is audit.on_failure: fail_closed.");
+}
+
+// Submits the record of one statement (docs/audit.md, "statement").
+void RelayConnection::audit_emit(AuditPending& p, std::string_view tag, std::string_view sqlstate) {
+  StatementCapture c;
+  c.sql = p.sql;
+  c.index = p.index;
+  c.extended = p.extended;
+  c.statement_name = p.statement_name;
+  c.portal_name = p.portal_name;
+  c.command_tag = std::string(tag);
+  c.rows = p.rows;
+  // Rows affected come from the tag ("INSERT 0 5", "UPDATE 3", "COPY 10");
+  // rows returned are the DataRows counted on the way.
+  if (auto sp = tag.rfind(' '); sp != std::string_view::npos && p.rows == 0) {
+    uint64_t n = 0;
+    bool digits = sp + 1 < tag.size();
+    for (char ch : tag.substr(sp + 1)) {
+      if (ch < '0' || ch > '9') {
+        digits = false;
+        break;
+      }
+      n = n * 10 + static_cast<uint64_t>(ch - '0');
+    }
+    if (digits) c.rows = n;
+  }
+  c.bytes_to_client = p.bytes;
+  c.duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - p.start);
+  c.sqlstate = std::string(sqlstate);
+  c.decision = p.decision;
+  c.rule = p.rule;
+  c.parameters = p.parameters;
+  AuditEvent ev;
+  ev.kind = "statement";
+  ev.session = audit_.session;
+  ev.statement = std::move(c);
+  ++audit_statement_count_;
+  audit_rows_ += p.rows;
+  audit_bytes_ += p.bytes;
+  audit_last_seq_ = audit_.log->submit(std::move(ev));
+}
+
+// CommandComplete or an error ended the head statement.
+void RelayConnection::audit_statement_done(std::string_view tag, std::string_view sqlstate) {
+  if (expect_.empty() || !expect_.front().audit) return;
+  Expectation& head = expect_.front();
+  AuditPending& p = *head.audit;
+  switch (head.kind) {
+    case Expect::query:
+      audit_emit(p, tag, sqlstate);
+      // The next statement of the same Query string starts now.
+      ++p.index;
+      p.rows = 0;
+      p.bytes = 0;
+      p.start = Clock::now();
+      break;
+    case Expect::execute:
+    case Expect::parse:
+    case Expect::bind: audit_emit(p, tag, sqlstate); break;
+    case Expect::function_call:
+      if (!sqlstate.empty()) p.sqlstate = std::string(sqlstate);
+      break;
+    default: break;
+  }
+}
+
+// Strict durability: the ReadyForQuery about to be appended to `out` (the
+// client's buffer) waits until this session's last record is durable.
+void RelayConnection::audit_hold_ready(Buffer& out) {
+  if (!audit_ || !audit_.strict || audit_last_seq_ == 0) return;
+  if (audit_last_seq_ <= audit_.log->durable_seq()) return;
+  if (!client_.holds.empty() && client_.holds.back().second >= audit_last_seq_) return;
+  client_.holds.emplace_back(out.size(), audit_last_seq_);
+  loop_.await_durable(*audit_.log, shared_from_this(), audit_last_seq_);
+}
+
+void RelayConnection::audit_durable(uint64_t durable) {
+  while (!client_.holds.empty() && client_.holds.front().second <= durable) client_.holds.pop_front();
+}
+
+void RelayConnection::on_server_header(uint8_t type, uint32_t length) {
   if (expect_.empty()) return;
   const Expect head = expect_.front().kind;
+  if (AuditPending* a = expect_.front().audit.get()) {
+    a->bytes += uint64_t{length} + 1;
+    if (type == be::data_row) ++a->rows;
+  }
   switch (type) {
     case be::parse_complete:
       if (head == Expect::parse) expect_.pop_front();
@@ -656,10 +978,33 @@ void RelayConnection::on_server_header(uint8_t type) {
     case be::command_complete:
     case be::empty_query_response:
     case be::portal_suspended:
-      if (head == Expect::execute) expect_.pop_front();
+      if (head == Expect::execute) {
+        // CommandComplete is held when audited and recorded with its tag
+        // (server_frame); the others end the statement here.
+        if (type != be::command_complete && expect_.front().audit) {
+          audit_statement_done(type == be::portal_suspended ? "" : "EMPTY", "");
+        }
+        expect_.pop_front();
+      }
       break;
     case be::ready_for_query:
-      if (head == Expect::query || head == Expect::sync || head == Expect::function_call) expect_.pop_front();
+      if (head == Expect::query || head == Expect::sync || head == Expect::function_call) {
+        if (head == Expect::function_call && expect_.front().audit) {
+          AuditPending& p = *expect_.front().audit;
+          AuditEvent ev;
+          ev.kind = "function_call";
+          ev.session = audit_.session;
+          ev.detail = {
+              {"function_oid", p.function_oid},
+              {"decision", p.decision},
+              {"rule", p.rule},
+              {"duration_us",
+               std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - p.start).count()}};
+          if (!p.sqlstate.empty()) ev.detail["sqlstate"] = p.sqlstate;
+          audit_last_seq_ = audit_.log->submit(std::move(ev));
+        }
+        expect_.pop_front();
+      }
       break;
     default: break;
   }
@@ -727,11 +1072,12 @@ void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
   const Bytes body = frame.subspan(5);
   if (type == be::row_description) {
     backstop_columns(body);
-    on_server_header(type);
+    on_server_header(type, static_cast<uint32_t>(frame.size() - 1));
     out.insert(out.end(), frame.begin(), frame.end());
     return;
   }
   if (type == be::data_row) {
+    on_server_header(type, static_cast<uint32_t>(frame.size() - 1));
     if (backstop_.empty()) {
       out.insert(out.end(), frame.begin(), frame.end());
     } else {
@@ -751,11 +1097,33 @@ void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
         if (hooks_.catalog_changed) hooks_.catalog_changed();
       }
     }
-    on_server_header(type);
+    on_server_header(type, static_cast<uint32_t>(frame.size() - 1));
+    audit_hold_ready(out);
+    out.insert(out.end(), frame.begin(), frame.end());
+    return;
+  }
+  if (type == be::command_complete) {
+    // Held only when audited: the tag ends the head statement's record.
+    if (!expect_.empty() && expect_.front().audit) {
+      expect_.front().audit->bytes += frame.size();
+      auto cc = protocol::CommandComplete::decode(body);
+      audit_statement_done(cc ? std::string_view(cc->tag) : std::string_view(), "");
+    }
+    on_server_header(type, 0);
     out.insert(out.end(), frame.begin(), frame.end());
     return;
   }
   if (type == be::error_response && !expect_.empty()) {
+    if (expect_.front().audit) {
+      std::string code;
+      if (expect_.front().refusal) {
+        code = std::string(expect_.front().refusal->sqlstate);
+      } else if (auto e = protocol::ErrorResponse::decode(body)) {
+        if (const std::string* c = e->find(protocol::field::sqlstate)) code = *c;
+      }
+      expect_.front().audit->bytes += frame.size();
+      audit_statement_done("", code.empty() ? std::string_view("XX000") : std::string_view(code));
+    }
     Expectation head = std::move(expect_.front());
     const bool simple =
         head.kind == Expect::query || head.kind == Expect::function_call || head.kind == Expect::sync;
@@ -811,10 +1179,10 @@ void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
 bool RelayConnection::from_server(Bytes chunk) {
   bool ended_ready = false;
   Error violation;
-  const bool tracking = masked_ || !expect_.empty();
+  const bool tracking = masked_ || audit_ || !expect_.empty();
   auto st = server_frames_.feed(
       chunk, client_.out,
-      [&](uint8_t type, uint32_t) {
+      [&](uint8_t type, uint32_t length) {
         if (!backend_types[type]) {
           violation = Error::protocol("invalid message type " + printable_type(type) + " from PostgreSQL");
           return protocol::FrameAction::reject;
@@ -827,7 +1195,8 @@ bool RelayConnection::from_server(Bytes chunk) {
             return protocol::FrameAction::hold;
           }
           if (type == be::data_row && !backstop_.empty()) return protocol::FrameAction::hold;
-          on_server_header(type);
+          if (type == be::command_complete && audit_) return protocol::FrameAction::hold;
+          on_server_header(type, length);
         }
         return protocol::FrameAction::pass;
       },
@@ -954,6 +1323,25 @@ void RelayConnection::close_now() {
       s->fd = -1;
     }
   }
+  if (audit_) {
+    // Statements still running when the session ended are recorded too:
+    // the trail must show what was attempted, not only what finished.
+    for (auto& e : expect_) {
+      if (e.audit && (e.kind == Expect::query || e.kind == Expect::execute)) {
+        audit_emit(*e.audit, "", sqlstate::connection_failure);
+      }
+    }
+    expect_.clear();
+    AuditEvent ev;
+    ev.kind = "disconnect";
+    ev.session = audit_.session;
+    ev.detail = {{"statements", audit_statement_count_},
+                 {"rows", audit_rows_},
+                 {"bytes", audit_bytes_},
+                 {"duration_ms",
+                  std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started_).count()}};
+    audit_.log->submit(std::move(ev));
+  }
   loop_.retire(this);
   if (on_closed_) {
     auto cb = std::move(on_closed_);
@@ -1055,6 +1443,46 @@ void RelayLoop::retire(RelayConnection* conn) {
     count_.fetch_sub(1, std::memory_order_relaxed);
   }
   std::erase(again_, conn);
+}
+
+void RelayLoop::await_durable(AuditLog& log, const std::shared_ptr<RelayConnection>& conn, uint64_t seq) {
+  durable_waiters_.emplace_back(seq, conn);
+  if (durable_registered_ >= seq) return;
+  durable_registered_ = seq;
+  log.on_durable(seq, [this, &log](bool ok) {
+    if (ok) post([this, &log] { durable_progress(log); });
+  });
+}
+
+// Runs on the loop thread after the writer reported progress.
+void RelayLoop::durable_progress(AuditLog& log) {
+  const uint64_t durable = log.durable_seq();
+  durable_registered_ = 0;
+  uint64_t highest = 0;
+  std::vector<std::shared_ptr<RelayConnection>> released;
+  std::erase_if(durable_waiters_, [&](const auto& w) {
+    auto conn = w.second.lock();
+    if (!conn || conn->closed()) return true;
+    if (w.first <= durable) {
+      released.push_back(std::move(conn));
+      return true;
+    }
+    highest = std::max(highest, w.first);
+    return false;
+  });
+  for (auto& c : released) {
+    c->audit_durable(durable);
+    if (!c->closed() && c->pump()) again_.push_back(c.get());
+  }
+  // Still waiting (the log failed, or more records came meanwhile).
+  if (highest > 0) {
+    // A failed log (ok = false) is not retried here: those sessions keep
+    // waiting, fail closed, until they end.
+    durable_registered_ = highest;
+    log.on_durable(highest, [this, &log](bool ok) {
+      if (ok) post([this, &log] { durable_progress(log); });
+    });
+  }
 }
 
 void RelayLoop::run_posted() {

@@ -30,12 +30,14 @@
 #include "protocol/error.h"
 #include "protocol/result.h"
 #include "protocol/wire.h"
+#include "proxy/audit_event.h"
 #include "proxy/stream.h"
 #include "rules/decision_cache.h"
 #include "rules/session_policy.h"
 
 namespace pgcloak::proxy {
 
+class AuditLog;
 class RelayLoop;
 class RelayConnection;
 
@@ -58,6 +60,17 @@ struct PolicyHooks {
   explicit operator bool() const { return generation && lookup; }
 };
 
+// How a relaying session writes its audit trail (docs/audit.md). Empty =
+// audit is off.
+struct AuditHooks {
+  AuditLog* log = nullptr;
+  std::shared_ptr<const AuditSession> session;
+  bool strict = false;      // hold ReadyForQuery until the statement's record is durable
+  bool fail_closed = true;  // refuse new statements while the log is not accepting (else hold them)
+  bool log_parameters = false;
+  explicit operator bool() const { return log != nullptr; }
+};
+
 // Everything a session hands over when it starts relaying.
 struct RelayStart {
   uint64_t session_id = 0;
@@ -69,6 +82,7 @@ struct RelayStart {
   std::chrono::milliseconds client_idle{0};  // 0 = no idle timeout
   bool draining = false;
   PolicyHooks policy;  // empty = masking is off
+  AuditHooks audit;    // empty = audit is off
   // Called on the loop thread once both descriptors are closed.
   std::function<void()> on_closed;
 };
@@ -109,6 +123,11 @@ class RelayLoop {
   void run_posted();
   void tick(std::chrono::steady_clock::time_point now);
   void retire(RelayConnection* conn);
+  // Strict audit: `conn` holds output until record `seq` is durable. One
+  // on_durable registration per loop at a time, whatever the number of
+  // waiting sessions (group commit wakes the loop once per fsync).
+  void await_durable(AuditLog& log, const std::shared_ptr<RelayConnection>& conn, uint64_t seq);
+  void durable_progress(AuditLog& log);
 
   int epoll_fd_ = -1;
   int event_fd_ = -1;
@@ -124,6 +143,8 @@ class RelayLoop {
   std::vector<std::shared_ptr<RelayConnection>> retired_;
   protocol::Buffer rx_;  // one receive buffer per loop: data is processed before the next read
   rules::DecisionCache decisions_;
+  std::vector<std::pair<uint64_t, std::weak_ptr<RelayConnection>>> durable_waiters_;
+  uint64_t durable_registered_ = 0;  // seq of the outstanding on_durable registration (0 = none)
   std::chrono::steady_clock::time_point next_tick_{};
 };
 

@@ -7,6 +7,9 @@
 #include <filesystem>
 
 #include "protocol/backend.h"
+#include "proxy/audit_analyzer.h"
+#include "proxy/audit_seal.h"
+#include "proxy/audit_syslog.h"
 #include "proxy/log.h"
 #include "proxy/run_blocking.h"
 #include "proxy/session.h"
@@ -44,6 +47,15 @@ Server::Server(rules::Config config, std::string config_path) : config_path_(std
   state_.config = std::make_shared<const rules::Config>(std::move(config));
 }
 
+void Server::audit_reload(std::string_view result, const std::string& reason) {
+  if (!state_.audit) return;
+  AuditEvent ev;
+  ev.kind = "config_reload";
+  ev.detail = {{"result", result}, {"path", config_path_}};
+  if (!reason.empty()) ev.detail["reason"] = reason;
+  state_.audit->submit(std::move(ev));
+}
+
 void Server::reload_config() {
   if (config_path_.empty()) return;
   // An invalid file changes nothing: the running policy stays, and the log
@@ -52,18 +64,22 @@ void Server::reload_config() {
   if (!load.ok()) {
     log::error("SIGHUP: " + config_path_ + " is invalid; keeping the running configuration:\n" +
                load.format(config_path_));
+    audit_reload("rejected", load.format(config_path_));
     return;
   }
   if (!state_.policies) {
     log::warn("SIGHUP: masking is not set up in this process; restart pgcloak to apply changes");
+    audit_reload("rejected", "masking is not set up in this process");
     return;
   }
   if (auto st =
           state_.policies->reload_masking(std::make_shared<const rules::MaskingConfig>(load.config.masking));
       !st) {
     log::error("SIGHUP: " + st.error().message + "; keeping the running configuration");
+    audit_reload("rejected", st.error().message);
     return;
   }
+  audit_reload("applied", "");
   log::info("SIGHUP: reloaded " + config_path_ +
             ": masking rules apply from each session's next statement; other sections take effect after a "
             "restart");
@@ -91,6 +107,9 @@ Status Server::start() {
               std::to_string(cfg.masking.policies.size()) + " policies; catalog read from database \"" +
               cfg.catalog.dbname + "\" every " + std::to_string(cfg.catalog.refresh_interval.count() / 1000) +
               "s");
+  }
+  if (cfg.audit.enabled) {
+    if (auto st = open_audit(); !st) return st;
   }
   if (cfg.auth.mode == rules::AuthMode::scram) {
     PgSideParams side = PgSideParams::catalog(cfg, "");
@@ -180,6 +199,41 @@ Status Server::start() {
   return ok_status();
 }
 
+Status Server::open_audit() {
+  const auto& cfg = state_.config->audit;
+  std::shared_ptr<const ParameterSealer> sealer;
+  if (cfg.log_parameters) {
+    auto s = ParameterSealer::from_key_file(cfg.parameter_key_file);
+    if (!s) return std::move(s).error();
+    sealer = std::move(s).value();
+  }
+  // Statement records name the protected columns of the protection in
+  // force when the writer analyses them (reloads included).
+  PolicyStore* store = state_.policies.get();
+  auto analyzer = make_audit_analyzer(
+      [store]() -> std::shared_ptr<const rules::Protection> {
+        return store != nullptr && store->enabled() ? store->protection() : nullptr;
+      },
+      std::move(sealer));
+  std::vector<std::unique_ptr<AuditSink>> extra;
+  if (cfg.syslog.enabled()) {
+    auto sink = make_syslog_sink(cfg.syslog);
+    if (!sink) return std::move(sink).error();
+    extra.push_back(std::move(sink).value());
+  }
+  auto log = AuditLog::open(cfg, std::move(analyzer), std::move(extra));
+  if (!log) return std::move(log).error();
+  state_.audit = std::move(log).value();
+  log::info(
+      std::string("audit trail on: durability ") +
+      (cfg.durability == rules::AuditDurability::strict ? "strict" : "batched") + ", on_failure " +
+      (cfg.on_failure == rules::AuditOnFailure::fail_closed ? "fail_closed" : "block") +
+      (cfg.file.path.empty() ? std::string() : ", file " + cfg.file.path) +
+      (cfg.syslog.enabled() ? ", syslog " + cfg.syslog.host + ":" + std::to_string(cfg.syslog.port) : "") +
+      (cfg.stdout_sink ? ", stdout" : "") + (cfg.log_parameters ? ", parameters sealed" : ""));
+  return ok_status();
+}
+
 asio::io_context& Server::next_worker() {
   auto& ctx = *workers_[next_worker_];
   next_worker_ = (next_worker_ + 1) % workers_.size();
@@ -205,6 +259,8 @@ int Server::run() {
   // are not resumed, as the io threads have stopped.
   state_.blocking->join();
   state_.relays.stop();
+  // After the relays: their sessions' last records (disconnects) are in.
+  if (state_.audit) state_.audit->close();
   return exit_code_;
 }
 

@@ -32,6 +32,8 @@ class Server {
   awaitable<void> accept_unix(unix_stream::acceptor& acceptor);
   awaitable<void> handle_signals();
   void reload_config();
+  Status open_audit();
+  void audit_reload(std::string_view result, const std::string& reason);
   awaitable<void> shutdown();
   void start_session(std::unique_ptr<class Stream> stream, asio::io_context& ctx);
   asio::io_context& next_worker();

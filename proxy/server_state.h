@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "proxy/asio.h"
+#include "proxy/audit_log.h"
 #include "proxy/auth_lookup.h"
 #include "proxy/cancel_registry.h"
 #include "proxy/pg_side_connection.h"
@@ -51,6 +52,10 @@ struct ServerState {
   // The masking policy per login, from the masking config and the catalog
   // (kept fresh by catalog_refresher when masking is enabled).
   std::unique_ptr<PolicyStore> policies;
+  // The audit trail (null when audit is off). After relays and policies:
+  // its writer calls the analyzer (policies) and posts to relay loops, so
+  // it is closed and destroyed before them.
+  std::unique_ptr<AuditLog> audit;
   // Blocking calls (libpq) run here, off the io threads (run_blocking.h).
   // Declared last so it is joined before what its calls use goes away.
   std::unique_ptr<asio::thread_pool> blocking;

@@ -89,8 +89,19 @@ awaitable<void> Session::main() {
     if (upstream_) upstream_->cancel();
     handshake_deadline_.arm(std::chrono::seconds(2), [this] { close_all(); });
   });
+  audit_event("connection_opened", nlohmann::json::object());
   const bool ready = co_await negotiate_startup() && co_await connect_and_authenticate();
+  if (phase_ == Phase::auth || ready) {
+    nlohmann::json d = {
+        {"result", ready ? "ok" : "failed"},
+        {"method", config_->auth.mode == rules::AuthMode::scram ? "scram (pgcloak)" : "passthrough"}};
+    if (!ready)
+      d["sqlstate"] =
+          last_error_sqlstate_.empty() ? std::string(sqlstate::connection_failure) : last_error_sqlstate_;
+    audit_event("auth", std::move(d));
+  }
   if (!ready) {
+    audit_event("disconnect", {{"statements", 0}});
     // Only a client that got as far as authentication is owed an answer; one
     // that never sent a StartupMessage (or sent a CancelRequest) is not.
     if (handshake_timed_out_ && !closing_ && phase_ == Phase::auth) {
@@ -192,6 +203,9 @@ awaitable<bool> Session::negotiate_startup() {
       }
       identity_.tls = true;
       identity_.tls_info = client_->tls_info();
+      audit_event("tls", {{"version", identity_.tls_info.version},
+                          {"cipher", identity_.tls_info.cipher},
+                          {"client_cert_subject", identity_.tls_info.client_cert_subject}});
       phase_ = Phase::startup;
       continue;
     }
@@ -373,6 +387,7 @@ awaitable<bool> Session::connect_and_authenticate() {
       const bool masked = !policy || (*policy && (*policy)->masks_anything());
       if (masked) {
         log::warn("refusing startup setting " + *bad + " for masked login \"" + identity_.user + "\"", id_);
+        audit_event("denial", {{"rule", "deny:startup-setting"}, {"setting", *bad}});
         co_await send_error(
             Error::make(sqlstate::insufficient_privilege,
                         "pgcloak: the startup setting " + *bad + " is not allowed for role \"" +
@@ -516,6 +531,7 @@ awaitable<bool> Session::connect_and_authenticate() {
       case be::error_response:
         // A failed login: relay PostgreSQL's own error unchanged, so the
         // client sees exactly what a direct connection would show.
+        note_upstream_error(frame.body);
         queue_to_client(upstream_in_.view().first(size));
         upstream_in_.consume(size);
         co_await flush_client();
@@ -571,6 +587,7 @@ awaitable<bool> Session::relay_session_setup() {
       }
       case be::notice_response: queue_to_client(upstream_in_.view().first(size)); break;
       case be::error_response:
+        note_upstream_error(frame.body);
         queue_to_client(upstream_in_.view().first(size));
         co_await flush_client();
         co_return false;
@@ -623,9 +640,43 @@ awaitable<bool> Session::write_upstream(Bytes bytes) {
 }
 
 awaitable<void> Session::send_error(const Error& error) {
+  last_error_sqlstate_ = std::string(error.sqlstate);
   Buffer b = encode_error(error);
   queue_to_client(b);
   co_await flush_client();
+}
+
+std::shared_ptr<const AuditSession> Session::audit_session() {
+  // Fixed once authenticated; before that each event gets what is known.
+  if (audit_session_ && audit_session_complete_) return audit_session_;
+  auto s = std::make_shared<AuditSession>();
+  s->session_id = id_;
+  s->client_addr = identity_.client_address;
+  s->user = identity_.user;
+  s->database = identity_.database;
+  s->application_name = identity_.application_name;
+  s->tls = identity_.tls;
+  if (server_.policies && server_.policies->enabled() && !identity_.user.empty()) {
+    if (auto p = server_.policies->for_user(identity_.user); p && *p) s->policy = (*p)->policy().name;
+  }
+  audit_session_ = s;
+  audit_session_complete_ = identity_.authenticated;
+  return s;
+}
+
+void Session::note_upstream_error(Bytes body) {
+  if (auto e = protocol::ErrorResponse::decode(body)) {
+    if (const std::string* code = e->find(protocol::field::sqlstate)) last_error_sqlstate_ = *code;
+  }
+}
+
+void Session::audit_event(std::string kind, nlohmann::json detail) {
+  if (!server_.audit) return;
+  AuditEvent ev;
+  ev.kind = std::move(kind);
+  ev.session = audit_session();
+  ev.detail = std::move(detail);
+  server_.audit->submit(std::move(ev));
 }
 
 void Session::close_all() {
@@ -687,6 +738,14 @@ awaitable<void> Session::relay() {
       done->timer.cancel();
     });
   };
+  if (server_.audit) {
+    start.audit.log = server_.audit.get();
+    start.audit.session = audit_session();
+    const auto& ac = config_->audit;
+    start.audit.strict = ac.durability == rules::AuditDurability::strict;
+    start.audit.fail_closed = ac.on_failure == rules::AuditOnFailure::fail_closed;
+    start.audit.log_parameters = ac.log_parameters;
+  }
   relay_ = server_.relays.pick().adopt(std::move(start));
   while (!done->done) co_await done->timer.async_wait(use_nothrow);
   phase_ = Phase::closing;

@@ -15,6 +15,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "protocol/frame_scanner.h"
 #include "protocol/startup.h"
 #include "protocol/wire.h"
@@ -111,6 +113,11 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void close_all();
+  // Session-level audit events (docs/audit.md); no-op when audit is off.
+  void audit_event(std::string kind, nlohmann::json detail);
+  std::shared_ptr<const AuditSession> audit_session();
+  // Remembers the SQLSTATE of an ErrorResponse relayed from PostgreSQL.
+  void note_upstream_error(protocol::Bytes body);
 
   ServerState& server_;
   std::shared_ptr<const rules::Config> config_;  // snapshot for this session's lifetime
@@ -132,6 +139,9 @@ class Session : public std::enable_shared_from_this<Session> {
   BackendKey client_key_;
   BackendKey upstream_key_;
 
+  std::string last_error_sqlstate_;  // of the last error sent before relaying
+  std::shared_ptr<const AuditSession> audit_session_;
+  bool audit_session_complete_ = false;  // built after authentication: final
   bool closing_ = false;
   bool draining_ = false;
   // Set once relaying has started; the relay loop owns both connections then.

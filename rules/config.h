@@ -11,6 +11,7 @@
 
 #include "protocol/framing.h"
 #include "protocol/result.h"
+#include "rules/audit_config.h"
 #include "rules/masking_config.h"
 
 namespace pgcloak::rules {
@@ -107,6 +108,7 @@ struct Config {
   MaskingConfig masking;
   AuthConfig auth;
   CatalogConfig catalog;
+  AuditConfig audit;
 };
 
 // One problem found in a config file, with a 1-based position.

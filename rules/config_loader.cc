@@ -955,6 +955,240 @@ void check_auth(Walker& w, const YAML::Node& root, Config& c, const AuthParse& a
   }
 }
 
+// --- audit ------------------------------------------------------------------------
+
+// Positions for the cross-checks of the audit section, run after the walk.
+struct AuditParse {
+  YAML::Node section;
+  YAML::Node enabled_at;
+  YAML::Node key_file_at;
+  YAML::Node key_env_at;
+  YAML::Node log_parameters_at;
+  YAML::Node parameter_key_file_at;
+  YAML::Node file_at;
+  YAML::Node file_path_at;
+  YAML::Node syslog_at;
+  YAML::Node syslog_tls_at;
+};
+
+// A size key where 0 means "off" and anything else must be at least `min`.
+void size_or_zero(Walker& w, const YAML::Node& v, std::string_view name, uint64_t& out, uint64_t min,
+                  std::string_view min_text) {
+  std::string s;
+  if (!w.scalar(v, name, s)) return;
+  auto size = parse_size(s);
+  if (!size) {
+    w.issue(v, std::string(name) + ": " + size.error().message);
+  } else if (*size != 0 && *size < min) {
+    w.issue(v, std::string(name) + " must be 0 (never) or at least " + std::string(min_text));
+  } else {
+    out = *size;
+  }
+}
+
+void parse_audit(Walker& w, const YAML::Node& n, AuditConfig& a, AuditParse& ap) {
+  ap.section = n;
+  // The section's presence turns audit on; `enabled: false` keeps it written
+  // down but off.
+  a.enabled = true;
+  w.mapping(
+      n, "audit",
+      {
+          {"enabled",
+           [&](const YAML::Node& v) {
+             ap.enabled_at = v;
+             w.boolean(v, "audit.enabled", a.enabled);
+           }},
+          {"durability",
+           [&](const YAML::Node& v) {
+             w.enumeration(v, "audit.durability", a.durability,
+                           {{"batched", AuditDurability::batched}, {"strict", AuditDurability::strict}});
+           }},
+          {"flush_interval",
+           [&](const YAML::Node& v) {
+             Duration d = a.flush_interval;
+             w.duration(v, "audit.flush_interval", d);
+             if (d < Duration(1) || d > Duration(60000)) {
+               w.issue(v, "audit.flush_interval must be between 1ms and 60s");
+             } else {
+               a.flush_interval = d;
+             }
+           }},
+          {"on_failure",
+           [&](const YAML::Node& v) {
+             w.enumeration(v, "audit.on_failure", a.on_failure,
+                           {{"fail_closed", AuditOnFailure::fail_closed}, {"block", AuditOnFailure::block}});
+           }},
+          {"key_file",
+           [&](const YAML::Node& v) {
+             ap.key_file_at = v;
+             w.string(v, "audit.key_file", a.key_file);
+           }},
+          {"key_env",
+           [&](const YAML::Node& v) {
+             ap.key_env_at = v;
+             w.string(v, "audit.key_env", a.key_env);
+           }},
+          {"log_parameters",
+           [&](const YAML::Node& v) {
+             ap.log_parameters_at = v;
+             w.boolean(v, "audit.log_parameters", a.log_parameters);
+           }},
+          {"parameter_key_file",
+           [&](const YAML::Node& v) {
+             ap.parameter_key_file_at = v;
+             w.string(v, "audit.parameter_key_file", a.parameter_key_file);
+           }},
+          {"queue_limit",
+           [&](const YAML::Node& v) { w.integer(v, "audit.queue_limit", a.queue_limit, 1, 100000000); }},
+          {"stdout", [&](const YAML::Node& v) { w.boolean(v, "audit.stdout", a.stdout_sink); }},
+          {"file",
+           [&](const YAML::Node& v) {
+             ap.file_at = v;
+             AuditFileConfig& f = a.file;
+             w.mapping(v, "audit.file",
+                       {
+                           {"path",
+                            [&](const YAML::Node& x) {
+                              ap.file_path_at = x;
+                              w.string(x, "audit.file.path", f.path);
+                            }},
+                           {"rotate_size",
+                            [&](const YAML::Node& x) {
+                              size_or_zero(w, x, "audit.file.rotate_size", f.rotate_size, uint64_t{64} << 10,
+                                           "64KiB");
+                            }},
+                           {"rotate_age",
+                            [&](const YAML::Node& x) {
+                              Duration d = f.rotate_age;
+                              w.duration(x, "audit.file.rotate_age", d);
+                              if (d.count() != 0 && d < Duration(60000)) {
+                                w.issue(x, "audit.file.rotate_age must be 0 (never) or at least 1m");
+                              } else {
+                                f.rotate_age = d;
+                              }
+                            }},
+                           {"compress",
+                            [&](const YAML::Node& x) { w.boolean(x, "audit.file.compress", f.compress); }},
+                           {"retention_days",
+                            [&](const YAML::Node& x) {
+                              w.integer(x, "audit.file.retention_days", f.retention_days, 0, 36500);
+                            }},
+                       });
+           }},
+          {"syslog",
+           [&](const YAML::Node& v) {
+             ap.syslog_at = v;
+             AuditSyslogConfig& sl = a.syslog;
+             w.mapping(
+                 v, "audit.syslog",
+                 {
+                     {"host", [&](const YAML::Node& x) { w.string(x, "audit.syslog.host", sl.host); }},
+                     {"port",
+                      [&](const YAML::Node& x) { w.integer(x, "audit.syslog.port", sl.port, 1, 65535); }},
+                     {"tls",
+                      [&](const YAML::Node& x) {
+                        ap.syslog_tls_at = x;
+                        w.boolean(x, "audit.syslog.tls", sl.tls);
+                      }},
+                     {"ca_file",
+                      [&](const YAML::Node& x) { w.string(x, "audit.syslog.ca_file", sl.ca_file); }},
+                     {"app_name",
+                      [&](const YAML::Node& x) { w.string(x, "audit.syslog.app_name", sl.app_name); }},
+                     {"hostname",
+                      [&](const YAML::Node& x) { w.string(x, "audit.syslog.hostname", sl.hostname); }},
+                     {"facility",
+                      [&](const YAML::Node& x) {
+                        w.integer(x, "audit.syslog.facility", sl.facility, 0, 23);
+                      }},
+                     {"connect_timeout",
+                      [&](const YAML::Node& x) {
+                        Duration d = sl.connect_timeout;
+                        w.duration(x, "audit.syslog.connect_timeout", d);
+                        if (d < Duration(1)) {
+                          w.issue(x, "audit.syslog.connect_timeout must be at least 1ms");
+                        } else {
+                          sl.connect_timeout = d;
+                        }
+                      }},
+                 });
+           }},
+      });
+}
+
+// The chain key's two accepted shapes (proxy/audit_chain.h): 64 hex digits,
+// or the ratcheted key file line "pgcloak-audit-key v1 epoch=N <64 hex>".
+// Only the shape is checked here; the key is never copied into the config.
+bool looks_like_audit_key(std::string_view text) {
+  auto space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
+  while (!text.empty() && space(text.front())) text.remove_prefix(1);
+  while (!text.empty() && space(text.back())) text.remove_suffix(1);
+  constexpr std::string_view magic = "pgcloak-audit-key v1 epoch=";
+  if (text.substr(0, magic.size()) == magic) {
+    auto sp = text.rfind(' ');
+    text = text.substr(sp + 1);
+  }
+  return text.size() == 64 && std::all_of(text.begin(), text.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+         });
+}
+
+void check_audit(Walker& w, const YAML::Node& root, const AuditConfig& a, const AuditParse& ap,
+                 const SecretSources& secrets) {
+  if (!ap.section || !a.enabled) return;
+  auto at = [](const YAML::Node& n, const YAML::Node& fallback) -> const YAML::Node& {
+    return n.Mark().is_null() ? fallback : n;
+  };
+  const YAML::Node& section_at = at(ap.section, root);
+
+  const bool from_file = !a.key_file.empty();
+  const bool from_env = !a.key_env.empty();
+  if (from_file && from_env) {
+    w.issue(ap.key_env_at, "audit: set either key_file or key_env, not both");
+  } else if (!from_file && !from_env) {
+    w.issue(section_at,
+            "audit needs a chain key: set audit.key_file or audit.key_env (32 bytes as 64 hex digits, e.g. "
+            "openssl rand -hex 32)");
+  } else {
+    std::optional<std::string> text;
+    if (from_file) {
+      text = secrets.read_file ? secrets.read_file(a.key_file) : std::nullopt;
+      if (!text) w.issue(ap.key_file_at, "audit.key_file: cannot read \"" + a.key_file + "\"");
+    } else {
+      text = secrets.get_env ? secrets.get_env(a.key_env) : std::nullopt;
+      if (!text) w.issue(ap.key_env_at, "audit.key_env: environment variable " + a.key_env + " is not set");
+    }
+    if (text && !looks_like_audit_key(*text)) {
+      w.issue(from_file ? ap.key_file_at : ap.key_env_at,
+              "audit: the chain key must be 64 hex digits (32 bytes, e.g. openssl rand -hex 32)");
+    }
+    if (text) std::fill(text->begin(), text->end(), '\0');
+  }
+
+  if (!ap.file_at.Mark().is_null() && ap.file_at.IsMap() && a.file.path.empty()) {
+    w.issue(at(ap.file_path_at, ap.file_at), "audit.file needs a path (e.g. /var/log/pgcloak/audit.jsonl)");
+  } else if (a.file.path.empty() && !a.stdout_sink && !a.syslog.enabled()) {
+    w.issue(section_at,
+            "audit needs at least one sink: set audit.file.path, audit.stdout: true or audit.syslog.host");
+  }
+  if (a.log_parameters) {
+    if (a.parameter_key_file.empty()) {
+      w.issue(at(ap.log_parameters_at, section_at),
+              "audit.log_parameters needs audit.parameter_key_file (32 bytes as 64 hex digits) to seal the "
+              "values with");
+    } else if (!(secrets.read_file && secrets.read_file(a.parameter_key_file))) {
+      w.issue(ap.parameter_key_file_at,
+              "audit.parameter_key_file: cannot read \"" + a.parameter_key_file + "\"");
+    }
+  }
+  if (a.syslog.tls && a.syslog.ca_file.empty()) {
+    w.issue(at(ap.syslog_tls_at, at(ap.syslog_at, section_at)),
+            "audit.syslog.tls needs audit.syslog.ca_file (the CA that signed the receiver's certificate)");
+  }
+  if (!a.syslog.ca_file.empty())
+    check_readable(w, at(ap.syslog_at, section_at), a.syslog.ca_file, "audit.syslog.ca_file");
+}
+
 }  // namespace
 
 ConfigLoad parse_config(std::string_view yaml_text) {
@@ -978,6 +1212,7 @@ ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets
   YAML::Node upstream_node;
   MaskingParse masking_parse;
   AuthParse auth_parse;
+  AuditParse audit_parse;
   try {
     w.mapping(
         root, "the top level",
@@ -1115,6 +1350,7 @@ ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets
             {"masking", [&](const YAML::Node& n) { parse_masking(w, n, c.masking, masking_parse); }},
             {"auth", [&](const YAML::Node& n) { parse_auth(w, n, c.auth, auth_parse); }},
             {"catalog", [&](const YAML::Node& n) { parse_catalog(w, n, c.catalog, auth_parse); }},
+            {"audit", [&](const YAML::Node& n) { parse_audit(w, n, c.audit, audit_parse); }},
         });
   } catch (const YAML::Exception& e) {
     load.issues.push_back({e.mark.line + 1, e.mark.column + 1, e.msg});
@@ -1161,6 +1397,11 @@ ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets
   }
   try {
     check_catalog(w, root, c, auth_parse, masking_parse.section);
+  } catch (const YAML::Exception& e) {
+    load.issues.push_back({e.mark.line + 1, e.mark.column + 1, e.msg});
+  }
+  try {
+    check_audit(w, root, c.audit, audit_parse, secrets);
   } catch (const YAML::Exception& e) {
     load.issues.push_back({e.mark.line + 1, e.mark.column + 1, e.msg});
   }

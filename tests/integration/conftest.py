@@ -28,7 +28,7 @@ from util import IS_ROOT  # noqa: E402
 # no PGHOST/PGUSER/..., and no ~/.postgresql/postgresql.crt (a missing sslcert
 # file means "no client certificate" to libpq).
 for _k in list(os.environ):
-    if _k.startswith("PG") and _k not in ("PGCLOAK_BIN", "PGBIN"):
+    if _k.startswith("PG") and not _k.startswith("PGCLOAK_") and _k != "PGBIN":
         del os.environ[_k]
 os.environ["PGSSLCERT"] = "/nonexistent/pgcloak-tests/postgresql.crt"
 os.environ["PGSSLKEY"] = "/nonexistent/pgcloak-tests/postgresql.key"

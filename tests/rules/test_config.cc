@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <string>
 
 namespace pgcloak::rules {
@@ -542,6 +543,202 @@ TEST(CatalogConfigTest, ProtectedColumnsNeedADatabase) {
   EXPECT_TRUE(parse_config(masking + "catalog:\n  dbname: shop\n", fake_secrets()).ok());
   // Without protected columns masking is off and no database is needed.
   EXPECT_TRUE(parse_config("masking:\n  policies: []\n", fake_secrets()).ok());
+}
+
+// --- audit ----------------------------------------------------------------------
+
+const std::string audit_key_hex = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+SecretSources audit_secrets(std::optional<std::string> key_file = audit_key_hex + "\n",
+                            std::optional<std::string> env = std::nullopt) {
+  SecretSources s;
+  s.read_file = [key_file](const std::string& path) -> std::optional<std::string> {
+    if (path == "/etc/pgcloak/audit.key") return key_file;
+    if (path == "/etc/pgcloak/params.key") return audit_key_hex;
+    return std::nullopt;
+  };
+  s.get_env = [env](const std::string& name) -> std::optional<std::string> {
+    if (name != "PGCLOAK_AUDIT_KEY") return std::nullopt;
+    return env;
+  };
+  return s;
+}
+
+TEST(AuditConfigTest, AbsentSectionMeansAuditOff) {
+  auto load = parse_config("threads: 1\n", audit_secrets());
+  ASSERT_TRUE(load.ok()) << dump(load);
+  const AuditConfig& a = load.config.audit;
+  EXPECT_FALSE(a.enabled);
+  EXPECT_EQ(a.durability, AuditDurability::batched);
+  EXPECT_EQ(a.flush_interval, Duration(200));
+  EXPECT_EQ(a.on_failure, AuditOnFailure::fail_closed);
+  EXPECT_EQ(a.queue_limit, 100000U);
+  EXPECT_EQ(a.file.rotate_size, uint64_t{256} << 20);
+  EXPECT_EQ(a.file.rotate_age, Duration(24 * 3600 * 1000));
+  EXPECT_TRUE(a.file.compress);
+  EXPECT_EQ(a.syslog.port, 514);
+}
+
+TEST(AuditConfigTest, EveryKeyParses) {
+  // syslog.ca_file is a certificate, read from disk like tls.cert_file.
+  const std::string ca = ::testing::TempDir() + "/pgcloak-audit-test-ca.pem";
+  { std::ofstream(ca) << "not checked here\n"; }
+  std::string yaml = R"(
+audit:
+  durability: strict
+  flush_interval: 50ms
+  on_failure: block
+  key_file: /etc/pgcloak/audit.key
+  log_parameters: true
+  parameter_key_file: /etc/pgcloak/params.key
+  queue_limit: 5000
+  stdout: true
+  file:
+    path: /var/log/pgcloak/audit.jsonl
+    rotate_size: 64MiB
+    rotate_age: 6h
+    compress: false
+    retention_days: 90
+  syslog:
+    host: logs.internal
+    port: 6514
+    tls: true
+    ca_file: CA
+    app_name: gw
+    hostname: gw1
+    facility: 10
+    connect_timeout: 2s
+)";
+  yaml.replace(yaml.find("ca_file: CA") + 9, 2, ca);
+  auto load = parse_config(yaml, audit_secrets());
+  ASSERT_TRUE(load.ok()) << dump(load);
+  const AuditConfig& a = load.config.audit;
+  EXPECT_TRUE(a.enabled);
+  EXPECT_EQ(a.durability, AuditDurability::strict);
+  EXPECT_EQ(a.flush_interval, Duration(50));
+  EXPECT_EQ(a.on_failure, AuditOnFailure::block);
+  EXPECT_EQ(a.key_file, "/etc/pgcloak/audit.key");
+  EXPECT_TRUE(a.log_parameters);
+  EXPECT_EQ(a.parameter_key_file, "/etc/pgcloak/params.key");
+  EXPECT_EQ(a.queue_limit, 5000U);
+  EXPECT_TRUE(a.stdout_sink);
+  EXPECT_EQ(a.file.path, "/var/log/pgcloak/audit.jsonl");
+  EXPECT_EQ(a.file.rotate_size, uint64_t{64} << 20);
+  EXPECT_EQ(a.file.rotate_age, Duration(6 * 3600 * 1000));
+  EXPECT_FALSE(a.file.compress);
+  EXPECT_EQ(a.file.retention_days, 90U);
+  EXPECT_EQ(a.syslog.host, "logs.internal");
+  EXPECT_EQ(a.syslog.port, 6514);
+  EXPECT_TRUE(a.syslog.tls);
+  EXPECT_EQ(a.syslog.app_name, "gw");
+  EXPECT_EQ(a.syslog.hostname, "gw1");
+  EXPECT_EQ(a.syslog.facility, 10U);
+  EXPECT_EQ(a.syslog.connect_timeout, Duration(2000));
+}
+
+TEST(AuditConfigTest, KeyFromTheEnvironmentAndTheRatchetedKeyFileFormat) {
+  auto env = parse_config("audit:\n  key_env: PGCLOAK_AUDIT_KEY\n  stdout: true\n",
+                          audit_secrets(std::nullopt, audit_key_hex));
+  ASSERT_TRUE(env.ok()) << dump(env);
+  EXPECT_EQ(env.config.audit.key_env, "PGCLOAK_AUDIT_KEY");
+  auto ratcheted = parse_config("audit:\n  key_file: /etc/pgcloak/audit.key\n  stdout: true\n",
+                                audit_secrets("pgcloak-audit-key v1 epoch=12 " + audit_key_hex + "\n"));
+  EXPECT_TRUE(ratcheted.ok()) << dump(ratcheted);
+  // enabled: false keeps the section but turns audit off, without checks.
+  auto off = parse_config("audit:\n  enabled: false\n", audit_secrets());
+  ASSERT_TRUE(off.ok()) << dump(off);
+  EXPECT_FALSE(off.config.audit.enabled);
+}
+
+TEST(AuditConfigTest, CrossChecksAreReportedWithTheirLines) {
+  auto no_key = parse_config("threads: 1\naudit:\n  stdout: true\n", audit_secrets());
+  EXPECT_TRUE(has_issue(no_key, 3, "audit needs a chain key")) << dump(no_key);
+  EXPECT_EQ(no_key.issues.size(), 1U) << dump(no_key);
+
+  auto both = parse_config(
+      "audit:\n  key_file: /etc/pgcloak/audit.key\n  key_env: PGCLOAK_AUDIT_KEY\n  stdout: true\n",
+      audit_secrets());
+  EXPECT_TRUE(has_issue(both, 3, "either key_file or key_env, not both")) << dump(both);
+
+  auto unreadable =
+      parse_config("audit:\n  key_file: /etc/pgcloak/nope.key\n  stdout: true\n", audit_secrets());
+  EXPECT_TRUE(has_issue(unreadable, 2, "audit.key_file: cannot read")) << dump(unreadable);
+  auto unset = parse_config("audit:\n  key_env: PGCLOAK_AUDIT_KEY\n  stdout: true\n", audit_secrets());
+  EXPECT_TRUE(has_issue(unset, 2, "PGCLOAK_AUDIT_KEY is not set")) << dump(unset);
+  auto short_key = parse_config("audit:\n  key_file: /etc/pgcloak/audit.key\n  stdout: true\n",
+                                audit_secrets("0123abcd\n"));
+  EXPECT_TRUE(has_issue(short_key, 2, "must be 64 hex digits")) << dump(short_key);
+  EXPECT_EQ(dump(short_key).find("0123abcd"), std::string::npos);  // never print the key
+
+  auto no_sink = parse_config("audit:\n  key_file: /etc/pgcloak/audit.key\n", audit_secrets());
+  EXPECT_TRUE(has_issue(no_sink, 2, "audit needs at least one sink")) << dump(no_sink);
+  auto no_path = parse_config("audit:\n  key_file: /etc/pgcloak/audit.key\n  file:\n    compress: true\n",
+                              audit_secrets());
+  EXPECT_TRUE(has_issue(no_path, 4, "audit.file needs a path")) << dump(no_path);
+  EXPECT_EQ(no_path.issues.size(), 1U) << dump(no_path);
+
+  auto params =
+      parse_config("audit:\n  key_file: /etc/pgcloak/audit.key\n  stdout: true\n  log_parameters: true\n",
+                   audit_secrets());
+  EXPECT_TRUE(has_issue(params, 4, "audit.log_parameters needs audit.parameter_key_file")) << dump(params);
+  auto params_unreadable = parse_config(
+      "audit:\n  key_file: /etc/pgcloak/audit.key\n  stdout: true\n  log_parameters: true\n  "
+      "parameter_key_file: "
+      "/nope\n",
+      audit_secrets());
+  EXPECT_TRUE(has_issue(params_unreadable, 5, "audit.parameter_key_file: cannot read"))
+      << dump(params_unreadable);
+
+  auto tls = parse_config(
+      "audit:\n  key_file: /etc/pgcloak/audit.key\n  syslog:\n    host: 127.0.0.1\n    tls: true\n",
+      audit_secrets());
+  EXPECT_TRUE(has_issue(tls, 5, "audit.syslog.tls needs audit.syslog.ca_file")) << dump(tls);
+  // A syslog sink alone is a sink.
+  EXPECT_TRUE(parse_config("audit:\n  key_file: /etc/pgcloak/audit.key\n  syslog:\n    host: 127.0.0.1\n",
+                           audit_secrets())
+                  .ok());
+}
+
+TEST(AuditConfigTest, WrongKeysTypesAndValuesAreReportedWithTheirLines) {
+  auto load = parse_config(R"(audit:
+  durability: eventually
+  flush_interval: 0
+  on_failure: ignore
+  queue_limit: 0
+  stdout: maybe
+  key_file: /etc/pgcloak/audit.key
+  fsync: always
+  file:
+    path: [a]
+    rotate_size: 10KiB
+    rotate_age: 30s
+    retention_days: -1
+    compresss: true
+  syslog:
+    port: 70000
+    facility: 24
+    connect_timeout: soon
+)",
+                           audit_secrets());
+  ASSERT_FALSE(load.ok());
+  EXPECT_TRUE(has_issue(load, 2, "audit.durability must be one of batched, strict")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 3, "audit.flush_interval must be between 1ms and 60s")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 4, "audit.on_failure must be one of fail_closed, block")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 5, "audit.queue_limit must be between 1")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 6, "audit.stdout must be true or false")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 8, "unknown key \"fsync\" in audit")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 10, "audit.file.path must be a string")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 11, "audit.file.rotate_size must be 0 (never) or at least 64KiB"))
+      << dump(load);
+  EXPECT_TRUE(has_issue(load, 12, "audit.file.rotate_age must be 0 (never) or at least 1m")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 13, "audit.file.retention_days must be a non-negative integer")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 14, "unknown key \"compresss\" in audit.file")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 16, "audit.syslog.port must be between 1 and 65535")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 17, "audit.syslog.facility must be between 0 and 23")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 18, "audit.syslog.connect_timeout")) << dump(load);
+
+  auto not_a_map = parse_config("audit: yes\n", audit_secrets());
+  EXPECT_TRUE(has_issue(not_a_map, 1, "audit must be a mapping")) << dump(not_a_map);
 }
 
 }  // namespace

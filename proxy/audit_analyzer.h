@@ -1,0 +1,58 @@
+// The audit writer's statement analysis (AuditLog::Analyzer): turns a
+// StatementCapture into the record's statement fields with
+// rules::audit_statement(), through a cache. Runs on the writer thread.
+//
+// Fields (docs/audit.md, "Statement analysis"): fingerprint, normalized,
+// class, command, relations, protected_columns, copy, parse_error; with a
+// ParameterSealer (audit.log_parameters) also sealed_text and, for the
+// extended protocol, sealed_parameters. Nothing else of the client's text
+// or bind values is ever returned.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+
+#include <nlohmann/json.hpp>
+
+#include "proxy/audit_event.h"
+#include "proxy/audit_log.h"
+#include "proxy/audit_seal.h"
+#include "rules/protection.h"
+#include "rules/statement_audit.h"
+
+namespace pgcloak::proxy {
+
+// The analysis fields of a statement record. Strings that are not valid
+// UTF-8 (identifiers in a client encoding other than UTF-8) get U+FFFD for
+// their bad bytes, so the record always serialises.
+nlohmann::json to_json(const rules::StatementAudit& audit);
+
+class AuditAnalyzer {
+ public:
+  // The protection in force now (null = masking off); called per record,
+  // so a reload or catalog refresh is picked up by the next one.
+  using ProtectionSource = std::function<std::shared_ptr<const rules::Protection>()>;
+
+  explicit AuditAnalyzer(ProtectionSource protection, std::shared_ptr<const ParameterSealer> sealer = nullptr,
+                         size_t cache_bytes = size_t{16} << 20);
+
+  nlohmann::json analyze(const StatementCapture& capture);
+
+  uint64_t cache_hits() const;
+  uint64_t cache_misses() const;
+
+ private:
+  ProtectionSource protection_;
+  std::shared_ptr<const ParameterSealer> sealer_;
+  mutable std::mutex mutex_;  // the cache is not thread-safe; the writer is the only caller in practice
+  rules::StatementAuditCache cache_;
+};
+
+// The AuditLog::Analyzer for AuditLog::open().
+AuditLog::Analyzer make_audit_analyzer(AuditAnalyzer::ProtectionSource protection,
+                                       std::shared_ptr<const ParameterSealer> sealer = nullptr);
+
+}  // namespace pgcloak::proxy
