@@ -385,7 +385,7 @@ verify_audit() {
   done
   out=$("$PGCLOAK_BIN" audit verify --key-file "$AUDIT_INITIAL_KEY_FILE" "$AUDIT_DIR"/audit.jsonl* 2>&1) ||
     { echo "  $out" >&2; return 1; }
-  AUDIT_SUMMARY=$out
+  AUDIT_SUMMARY=${out%%$'\n'*}
 }
 
 cmd_start() {
