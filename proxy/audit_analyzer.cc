@@ -126,39 +126,57 @@ AuditAnalyzer::AuditAnalyzer(ProtectionSource protection, std::shared_ptr<const 
     : protection_(std::move(protection)), sealer_(std::move(sealer)), cache_(cache_bytes) {}
 
 nlohmann::json AuditAnalyzer::analyze(const StatementCapture& capture) {
+  return nlohmann::json::parse("{" + analyze_fragment(capture) + "}");
+}
+
+std::string AuditAnalyzer::analyze_fragment(const StatementCapture& capture) {
   static const std::string empty;
   const std::string& sql = capture.sql != nullptr ? *capture.sql : empty;
   std::shared_ptr<const rules::Protection> protection = protection_ ? protection_() : nullptr;
   std::shared_ptr<const rules::StatementAudit> audit;
+  std::string out;
   {
     std::lock_guard lock(mutex_);
     audit = cache_.get(sql, capture.index, protection);
+    // The fields as JSON text, once per analysis: statements repeat (the
+    // cache above), and so does their text.
+    auto it = fragments_.find(audit.get());
+    if (it == fragments_.end()) {
+      if (fragments_.size() >= max_fragments) fragments_.clear();
+      std::string f = to_json(*audit).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      f = f.substr(1, f.size() - 2);  // without the braces
+      it = fragments_.emplace(audit.get(), std::make_pair(audit, std::move(f))).first;
+    }
+    out = it->second.second;
   }
-  nlohmann::json j = to_json(*audit);
-  if (sealer_ == nullptr) return j;
+  if (sealer_ == nullptr) return out;
   // audit.log_parameters: the original, sealed. A seal that fails leaves
   // the field null with the reason; never the clear text.
+  nlohmann::json extra = nlohmann::json::object();
   const std::string_view text =
       std::string_view(sql).substr(std::min(audit->offset, sql.size()), audit->length);
   auto sealed = sealer_->seal(text);
   if (sealed) {
-    j["sealed_text"] = *sealed;
+    extra["sealed_text"] = *sealed;
   } else {
-    j["sealed_text"] = nullptr;
-    j["seal_error"] = sealed.error().message;
+    extra["sealed_text"] = nullptr;
+    extra["seal_error"] = sealed.error().message;
   }
   if (capture.parameters) {
     std::string params = parameters_text(*capture.parameters);
     auto sealed_params = sealer_->seal(params);
     OPENSSL_cleanse(params.data(), params.size());
     if (sealed_params) {
-      j["sealed_parameters"] = *sealed_params;
+      extra["sealed_parameters"] = *sealed_params;
     } else {
-      j["sealed_parameters"] = nullptr;
-      j["seal_error"] = sealed_params.error().message;
+      extra["sealed_parameters"] = nullptr;
+      extra["seal_error"] = sealed_params.error().message;
     }
   }
-  return j;
+  std::string e = extra.dump();
+  out += ',';
+  out.append(e, 1, e.size() - 2);
+  return out;
 }
 
 uint64_t AuditAnalyzer::cache_hits() const {
@@ -174,7 +192,7 @@ uint64_t AuditAnalyzer::cache_misses() const {
 AuditLog::Analyzer make_audit_analyzer(AuditAnalyzer::ProtectionSource protection,
                                        std::shared_ptr<const ParameterSealer> sealer) {
   auto analyzer = std::make_shared<AuditAnalyzer>(std::move(protection), std::move(sealer));
-  return [analyzer](const StatementCapture& capture) { return analyzer->analyze(capture); };
+  return [analyzer](const StatementCapture& capture) { return analyzer->analyze_fragment(capture); };
 }
 
 }  // namespace pgcloak::proxy

@@ -14,6 +14,9 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -39,6 +42,9 @@ class AuditAnalyzer {
   explicit AuditAnalyzer(ProtectionSource protection, std::shared_ptr<const ParameterSealer> sealer = nullptr,
                          size_t cache_bytes = size_t{16} << 20);
 
+  // The fields as JSON object members without the braces (AuditLog::Analyzer).
+  std::string analyze_fragment(const StatementCapture& capture);
+  // The same, parsed (tests and tools).
   nlohmann::json analyze(const StatementCapture& capture);
 
   uint64_t cache_hits() const;
@@ -49,6 +55,11 @@ class AuditAnalyzer {
   std::shared_ptr<const ParameterSealer> sealer_;
   mutable std::mutex mutex_;  // the cache is not thread-safe; the writer is the only caller in practice
   rules::StatementAuditCache cache_;
+  // analyze_fragment()'s text per cached analysis (kept alive while here).
+  static constexpr size_t max_fragments = 4096;
+  std::unordered_map<const rules::StatementAudit*,
+                     std::pair<std::shared_ptr<const rules::StatementAudit>, std::string>>
+      fragments_;
 };
 
 // The AuditLog::Analyzer for AuditLog::open().

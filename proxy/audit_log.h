@@ -37,7 +37,11 @@ class AuditLog {
   // Statement analysis for the record ("normalized", "fingerprint",
   // "class", "relations", "protected_columns", ...), run on the writer
   // thread. Must not return literals or parameter values.
-  using Analyzer = std::function<nlohmann::json(const StatementCapture&)>;
+  // Returns the fields as JSON object members without the braces
+  // ("fingerprint":"…","class":"READ",…), appended to the record as they
+  // are, so they must not reuse the writer's own field names (v, seq, ts,
+  // kind, mac, the session and statement fields). Empty = no fields.
+  using Analyzer = std::function<std::string(const StatementCapture&)>;
 
   // Opens the sinks, recovers the chain from the newest existing file
   // (so sequence numbers and MACs continue across restarts) and starts

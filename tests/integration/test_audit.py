@@ -397,18 +397,29 @@ def test_failing_sink_refuses_or_holds_then_recovers(pgcloak, audit_dir, on_fail
                 t = threading.Thread(target=load)
                 t.start()
                 stalled = False
-                last, since = -1, time.monotonic()
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline and t.is_alive():
-                    if len(progress) != last:
-                        last, since = len(progress), time.monotonic()
-                    elif time.monotonic() - since > 2:
-                        stalled = True
-                        break
-                    time.sleep(0.1)
-                assert stalled, f"statements kept completing while the audit sink was down ({len(progress)})"
-                receiver.start()
-                t.join(timeout=60)
+                try:
+                    last, since = -1, time.monotonic()
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline and t.is_alive():
+                        if len(progress) != last:
+                            last, since = len(progress), time.monotonic()
+                        elif time.monotonic() - since > 2:
+                            stalled = True
+                            break
+                        time.sleep(0.1)
+                finally:
+                    # Whatever happened, let the held statements finish
+                    # before the connection is closed under them.
+                    receiver.start()
+                    t.join(timeout=60)
+                    if t.is_alive():
+                        log = proxy.log()
+                        proxy.kill()  # unblocks the client thread, so the test can end
+                        proxy.expect_exit = True
+                        t.join(timeout=30)
+                        pytest.fail(f"held statements did not resume after the sink recovered\n{log}")
+                assert stalled, (f"statements kept completing while the audit sink was down "
+                                 f"({len(progress)} done)\n{proxy.log()}")
                 assert not t.is_alive() and not errors, errors
                 assert len(progress) == 300
         recs = wait_sessions_ended(audit_dir)

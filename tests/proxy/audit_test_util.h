@@ -179,6 +179,10 @@ struct ScriptedSinkState {
   uint64_t failed_calls = 0;
   bool fail_writes = false;
   bool fail_syncs = false;
+  // Like a network sink whose peer went away: once a sync failed, syncs
+  // keep failing until the next write() (which would reconnect).
+  bool sticky_sync_failure = false;
+  bool sync_broken = false;
   bool hold_sync = false;
   bool in_sync = false;
 
@@ -201,6 +205,7 @@ class ScriptedSink final : public AuditSink {
       return Error::make(sqlstate::internal_error, "injected write failure (disk full)");
     }
     state_->lines.insert(state_->lines.end(), lines.begin(), lines.end());
+    state_->sync_broken = false;
     return ok_status();
   }
   Status sync() override {
@@ -210,8 +215,9 @@ class ScriptedSink final : public AuditSink {
     state_->cv.wait(lk, [&] { return !state_->hold_sync; });
     state_->in_sync = false;
     ++state_->sync_calls;
-    if (state_->fail_syncs) {
+    if (state_->fail_syncs || state_->sync_broken) {
       ++state_->failed_calls;
+      if (state_->sticky_sync_failure) state_->sync_broken = true;
       return Error::make(sqlstate::internal_error, "injected sync failure");
     }
     state_->synced = state_->lines.size();
