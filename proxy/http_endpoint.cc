@@ -155,7 +155,8 @@ Reply dispatch(State& st, const Request& req, const std::string& who) {
     auto it = req.find(http::field::authorization);
     std::optional<std::string_view> token;
     if (it != req.end()) token = bearer_token(it->value());
-    if (!token || CRYPTO_memcmp(digest_of(*token).data(), st.token_digest.data(), st.token_digest.size()) != 0) {
+    if (!token ||
+        CRYPTO_memcmp(digest_of(*token).data(), st.token_digest.data(), st.token_digest.size()) != 0) {
       warn_unauthorized(who, path, it != req.end());
       Reply r = error_reply(401, "unauthorized: send Authorization: Bearer <token>", false);
       r.www_authenticate =
@@ -285,7 +286,9 @@ awaitable<void> serve_stream(std::shared_ptr<State> st, std::shared_ptr<Stream> 
     }
     http::request_parser<http::string_body> parser;
     parser.header_limit(o.max_header_bytes);
-    parser.body_limit(o.max_body_bytes);
+    // The body limit applies once the method is known to be GET or HEAD:
+    // a POST gets 405, whatever its Content-Length.
+    parser.body_limit(boost::none);
     lowest.expires_after(o.read_timeout);
     auto [hec, hn] = co_await http::async_read_header(*stream, buffer, parser, use_nothrow);
     error_code ec = hec;
@@ -298,7 +301,10 @@ awaitable<void> serve_stream(std::shared_ptr<State> st, std::shared_ptr<Stream> 
         co_await close_gracefully(*stream);
         co_return;
       }
-      if (!parser.is_done()) {
+      if (auto length = parser.content_length(); length && *length > o.max_body_bytes) {
+        ec = http::error::body_limit;
+      } else if (!parser.is_done()) {
+        parser.body_limit(o.max_body_bytes);  // chunked bodies are checked as they arrive
         auto [bec, bn] = co_await http::async_read(*stream, buffer, parser, use_nothrow);
         ec = bec;
       }
@@ -320,8 +326,7 @@ awaitable<void> serve_stream(std::shared_ptr<State> st, std::shared_ptr<Stream> 
 
     const Request& req = parser.get();
     Reply reply = dispatch(*st, req, who);
-    const bool keep =
-        !reply.close && req.keep_alive() && served + 1 < o.max_requests_per_connection;
+    const bool keep = !reply.close && req.keep_alive() && served + 1 < o.max_requests_per_connection;
     if (!co_await write_reply(*stream, *st, req.version(), req.method() == http::verb::head, reply, keep)) {
       co_return;
     }
@@ -343,7 +348,8 @@ awaitable<void> serve_connection(std::shared_ptr<State> st, tcp::socket socket) 
     error_code ignored;
     socket.set_option(tcp::no_delay(true), ignored);
     if (st->options.tls) {
-      auto stream = std::make_shared<beast::ssl_stream<beast::tcp_stream>>(std::move(socket), *st->options.tls);
+      auto stream =
+          std::make_shared<beast::ssl_stream<beast::tcp_stream>>(std::move(socket), *st->options.tls);
       co_await serve_stream(st, std::move(stream), who);
     } else {
       auto stream = std::make_shared<beast::tcp_stream>(std::move(socket));
@@ -369,8 +375,8 @@ awaitable<void> accept_loop(std::shared_ptr<State> st) {
     // Over the limit the connection is closed at once: a slow or hostile
     // client must not make Prometheus or the health checks wait in line.
     if (st->open.load() >= st->options.max_connections) {
-      log::debug("http: refusing a connection: max_connections (" + std::to_string(st->options.max_connections) +
-                 ") reached");
+      log::debug("http: refusing a connection: max_connections (" +
+                 std::to_string(st->options.max_connections) + ") reached");
       error_code ignored;
       socket.close(ignored);
       continue;
@@ -401,7 +407,8 @@ Result<std::shared_ptr<ssl::context>> make_http_tls_context(const std::string& c
                        "cannot load metrics.tls.key_file \"" + key_file + "\": " + e.code().message());
   }
   if (SSL_CTX_check_private_key(ctx->native_handle()) != 1) {
-    return Error::make(sqlstate::config_file_error, "metrics.tls.key_file does not match metrics.tls.cert_file");
+    return Error::make(sqlstate::config_file_error,
+                       "metrics.tls.key_file does not match metrics.tls.cert_file");
   }
   return ctx;
 }
@@ -447,7 +454,8 @@ Status HttpEndpoint::start() {
   if (!ec) st.acceptor.listen(asio::socket_base::max_listen_connections, ec);
   if (!ec) st.local = st.acceptor.local_endpoint(ec);
   if (ec) {
-    return Error::make(sqlstate::config_file_error, "cannot listen on " + where + " for metrics: " + ec.message());
+    return Error::make(sqlstate::config_file_error,
+                       "cannot listen on " + where + " for metrics: " + ec.message());
   }
   asio::co_spawn(st.strand, accept_loop(state_), asio::detached);
   return ok_status();

@@ -153,10 +153,12 @@ class ShardedMap {
     }
     std::unique_lock lock(s.mu);
     if (auto it = s.map.find(key); it != s.map.end()) return it->second;
+    // Copied first: key may view a buffer that make() reuses.
+    std::string owned(key);
     T* made = make();
     if (entries_.load(std::memory_order_relaxed) < max_entries_) {
       entries_.fetch_add(1, std::memory_order_relaxed);
-      s.map.emplace(std::string(key), made);
+      s.map.emplace(std::move(owned), made);
     }
     return made;
   }
@@ -312,8 +314,7 @@ class Metrics {
   metrics_detail::RelationSeries* resolve_relation(std::string_view name);
   prometheus::Counter* statement_counter(metrics_detail::SessionSeries& s, rules::AuditClass c,
                                          StatementVerdict v);
-  void record_statement(metrics_detail::SessionSeries& s, const StatementMetrics& st,
-                        SessionMetrics* cache);
+  void record_statement(metrics_detail::SessionSeries& s, const StatementMetrics& st, SessionMetrics* cache);
 
   MetricsOptions options_;
   std::shared_ptr<prometheus::Registry> registry_;

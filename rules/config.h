@@ -95,6 +95,27 @@ struct CatalogConfig {
   Duration refresh_interval{60000};  // re-read the catalog this often (at least 1s)
 };
 
+// The HTTP endpoint for /metrics, /healthz, /readyz and the console
+// (docs/metrics.md). On by default, on loopback: Prometheus users expect a
+// scrape target without extra setup, and loopback exposes nothing.
+struct MetricsConfig {
+  bool enabled = true;
+  ListenAddress listen{"127.0.0.1", 9930};
+  // Bearer token, from a file (first line) or an environment variable;
+  // required when listen is not a loopback address, since the metrics name
+  // users and protected relations.
+  std::string token_file;
+  std::string token_env;
+  std::string token;          // the effective token, read when the configuration is loaded
+  std::string tls_cert_file;  // both set = HTTPS
+  std::string tls_key_file;
+  // Label caps (docs/metrics.md, "Cardinality"): later values become "other".
+  unsigned max_users = 100;
+  unsigned max_databases = 20;
+  unsigned max_relations = 200;
+  bool tls_enabled() const { return !tls_cert_file.empty(); }
+};
+
 struct Config {
   std::vector<ListenAddress> listen{{"127.0.0.1", 6432}};
   std::string unix_socket_dir;
@@ -109,6 +130,7 @@ struct Config {
   AuthConfig auth;
   CatalogConfig catalog;
   AuditConfig audit;
+  MetricsConfig metrics;
 };
 
 // One problem found in a config file, with a 1-based position.

@@ -1189,6 +1189,142 @@ void check_audit(Walker& w, const YAML::Node& root, const AuditConfig& a, const 
     check_readable(w, at(ap.syslog_at, section_at), a.syslog.ca_file, "audit.syslog.ca_file");
 }
 
+// --- metrics ----------------------------------------------------------------------
+
+// Positions for the cross-checks of the metrics section, run after the walk.
+struct MetricsParse {
+  YAML::Node section;
+  YAML::Node listen_at;
+  YAML::Node token_file_at;
+  YAML::Node token_env_at;
+  YAML::Node tls_at;
+};
+
+void parse_metrics(Walker& w, const YAML::Node& n, MetricsConfig& m, MetricsParse& mp) {
+  mp.section = n;
+  w.mapping(
+      n, "metrics",
+      {
+          {"enabled", [&](const YAML::Node& v) { w.boolean(v, "metrics.enabled", m.enabled); }},
+          {"listen",
+           [&](const YAML::Node& v) {
+             mp.listen_at = v;
+             std::string s;
+             if (!w.scalar(v, "metrics.listen", s)) return;
+             ListenAddress a;
+             std::string why;
+             if (!parse_listen(s, a, why)) {
+               w.issue(v, "metrics.listen \"" + s + "\": " + why);
+               return;
+             }
+             m.listen = a;
+           }},
+          {"token_file",
+           [&](const YAML::Node& v) {
+             mp.token_file_at = v;
+             w.string(v, "metrics.token_file", m.token_file);
+           }},
+          {"token_env",
+           [&](const YAML::Node& v) {
+             mp.token_env_at = v;
+             w.string(v, "metrics.token_env", m.token_env);
+           }},
+          {"tls",
+           [&](const YAML::Node& v) {
+             mp.tls_at = v;
+             w.mapping(
+                 v, "metrics.tls",
+                 {
+                     {"cert_file",
+                      [&](const YAML::Node& x) { w.string(x, "metrics.tls.cert_file", m.tls_cert_file); }},
+                     {"key_file",
+                      [&](const YAML::Node& x) { w.string(x, "metrics.tls.key_file", m.tls_key_file); }},
+                 });
+           }},
+          {"max_users",
+           [&](const YAML::Node& v) { w.integer(v, "metrics.max_users", m.max_users, 1, 10000); }},
+          {"max_databases",
+           [&](const YAML::Node& v) { w.integer(v, "metrics.max_databases", m.max_databases, 1, 1000); }},
+          {"max_relations",
+           [&](const YAML::Node& v) { w.integer(v, "metrics.max_relations", m.max_relations, 1, 10000); }},
+      });
+}
+
+// Loopback by address, without resolving names (rules/ does no I/O):
+// 127.0.0.0/8, ::1 and "localhost".
+bool is_loopback_host(const std::string& host) {
+  if (host == "localhost" || host == "::1") return true;
+  if (host.rfind("127.", 0) != 0) return false;
+  return std::all_of(host.begin(), host.end(), [](char ch) { return (ch >= '0' && ch <= '9') || ch == '.'; });
+}
+
+// RFC 6750's b64token, so every HTTP client can send it unchanged, and long
+// enough not to be guessed.
+bool valid_bearer_token(std::string_view t) {
+  constexpr size_t min_token_length = 16;
+  if (t.size() < min_token_length || t.size() > 4096) return false;
+  size_t end = t.size();
+  while (end > 0 && t[end - 1] == '=') --end;
+  return end > 0 && std::all_of(t.begin(), t.begin() + static_cast<std::ptrdiff_t>(end), [](char ch) {
+           return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                  ch == '-' || ch == '.' || ch == '_' || ch == '~' || ch == '+' || ch == '/';
+         });
+}
+
+void check_metrics(Walker& w, const YAML::Node& root, MetricsConfig& m, const MetricsParse& mp,
+                   const SecretSources& secrets) {
+  if (!m.enabled) return;
+  auto at = [](const YAML::Node& n, const YAML::Node& fallback) -> const YAML::Node& {
+    return n.Mark().is_null() ? fallback : n;
+  };
+  const YAML::Node& section_at = at(mp.section, root);
+
+  const bool from_file = !m.token_file.empty();
+  const bool from_env = !m.token_env.empty();
+  if (from_file && from_env) {
+    w.issue(mp.token_env_at, "metrics: set either token_file or token_env, not both");
+  } else if (from_file || from_env) {
+    std::optional<std::string> text;
+    if (from_file) {
+      text = secrets.read_file ? secrets.read_file(m.token_file) : std::nullopt;
+      if (!text) w.issue(mp.token_file_at, "metrics.token_file: cannot read \"" + m.token_file + "\"");
+    } else {
+      text = secrets.get_env ? secrets.get_env(m.token_env) : std::nullopt;
+      if (!text)
+        w.issue(mp.token_env_at, "metrics.token_env: environment variable " + m.token_env + " is not set");
+    }
+    if (text) {
+      std::string first = text->substr(0, text->find('\n'));
+      if (!first.empty() && first.back() == '\r') first.pop_back();
+      std::fill(text->begin(), text->end(), '\0');
+      if (!valid_bearer_token(first)) {
+        // The length and the rule only: the token itself is never printed.
+        w.issue(from_file ? mp.token_file_at : mp.token_env_at,
+                "metrics: the bearer token must be 16 to 4096 characters of A-Z a-z 0-9 - . _ ~ + / (e.g. "
+                "openssl rand -hex 32)");
+        std::fill(first.begin(), first.end(), '\0');
+      } else {
+        m.token = std::move(first);
+      }
+    }
+  }
+  // The metrics name users, databases and protected relations: off
+  // loopback they are for the holder of a token only.
+  if (!is_loopback_host(m.listen.host) && !from_file && !from_env) {
+    w.issue(at(mp.listen_at, section_at),
+            "metrics.listen " + m.listen.host +
+                " is not a loopback address: set metrics.token_file or metrics.token_env (the metrics name "
+                "users and protected relations), or listen on 127.0.0.1");
+  }
+
+  const YAML::Node& tls_at = at(mp.tls_at, section_at);
+  if (m.tls_cert_file.empty() != m.tls_key_file.empty()) {
+    w.issue(tls_at, "metrics.tls.cert_file and metrics.tls.key_file must be set together");
+  }
+  check_readable(w, tls_at, m.tls_cert_file, "metrics.tls.cert_file");
+  check_readable(w, tls_at, m.tls_key_file, "metrics.tls.key_file");
+}
+
 }  // namespace
 
 ConfigLoad parse_config(std::string_view yaml_text) {
@@ -1213,6 +1349,7 @@ ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets
   MaskingParse masking_parse;
   AuthParse auth_parse;
   AuditParse audit_parse;
+  MetricsParse metrics_parse;
   try {
     w.mapping(
         root, "the top level",
@@ -1351,6 +1488,7 @@ ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets
             {"auth", [&](const YAML::Node& n) { parse_auth(w, n, c.auth, auth_parse); }},
             {"catalog", [&](const YAML::Node& n) { parse_catalog(w, n, c.catalog, auth_parse); }},
             {"audit", [&](const YAML::Node& n) { parse_audit(w, n, c.audit, audit_parse); }},
+            {"metrics", [&](const YAML::Node& n) { parse_metrics(w, n, c.metrics, metrics_parse); }},
         });
   } catch (const YAML::Exception& e) {
     load.issues.push_back({e.mark.line + 1, e.mark.column + 1, e.msg});
@@ -1402,6 +1540,11 @@ ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets
   }
   try {
     check_audit(w, root, c.audit, audit_parse, secrets);
+  } catch (const YAML::Exception& e) {
+    load.issues.push_back({e.mark.line + 1, e.mark.column + 1, e.msg});
+  }
+  try {
+    check_metrics(w, root, c.metrics, metrics_parse, secrets);
   } catch (const YAML::Exception& e) {
     load.issues.push_back({e.mark.line + 1, e.mark.column + 1, e.msg});
   }

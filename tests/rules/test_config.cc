@@ -741,5 +741,158 @@ TEST(AuditConfigTest, WrongKeysTypesAndValuesAreReportedWithTheirLines) {
   EXPECT_TRUE(has_issue(not_a_map, 1, "audit must be a mapping")) << dump(not_a_map);
 }
 
+// --- metrics --------------------------------------------------------------------
+
+const std::string metrics_token = "0123456789abcdef0123456789abcdef";
+
+SecretSources metrics_secrets(std::optional<std::string> token_file = metrics_token + "\n",
+                              std::optional<std::string> env = std::nullopt) {
+  SecretSources s;
+  s.read_file = [token_file](const std::string& path) -> std::optional<std::string> {
+    if (path == "/etc/pgcloak/metrics.token") return token_file;
+    return std::nullopt;
+  };
+  s.get_env = [env](const std::string& name) -> std::optional<std::string> {
+    if (name != "PGCLOAK_METRICS_TOKEN") return std::nullopt;
+    return env;
+  };
+  return s;
+}
+
+TEST(MetricsConfigTest, OnByDefaultOnLoopbackWithoutAToken) {
+  auto load = parse_config("threads: 1\n", metrics_secrets());
+  ASSERT_TRUE(load.ok()) << dump(load);
+  const MetricsConfig& m = load.config.metrics;
+  EXPECT_TRUE(m.enabled);
+  EXPECT_EQ(m.listen.host, "127.0.0.1");
+  EXPECT_EQ(m.listen.port, 9930);
+  EXPECT_TRUE(m.token.empty());
+  EXPECT_FALSE(m.tls_enabled());
+  EXPECT_EQ(m.max_users, 100U);
+  EXPECT_EQ(m.max_databases, 20U);
+  EXPECT_EQ(m.max_relations, 200U);
+}
+
+TEST(MetricsConfigTest, EveryKeyParses) {
+  // Certificates are read from disk, like tls.cert_file.
+  const std::string cert = ::testing::TempDir() + "/pgcloak-metrics-test-cert.pem";
+  const std::string key = ::testing::TempDir() + "/pgcloak-metrics-test-key.pem";
+  { std::ofstream(cert) << "not checked here\n"; }
+  { std::ofstream(key) << "not checked here\n"; }
+  const std::string yaml =
+      "metrics:\n"
+      "  enabled: true\n"
+      "  listen: \"0.0.0.0:9187\"\n"
+      "  token_file: /etc/pgcloak/metrics.token\n"
+      "  tls:\n"
+      "    cert_file: " +
+      cert +
+      "\n"
+      "    key_file: " +
+      key +
+      "\n"
+      "  max_users: 500\n"
+      "  max_databases: 3\n"
+      "  max_relations: 1000\n";
+  auto load = parse_config(yaml, metrics_secrets());
+  ASSERT_TRUE(load.ok()) << dump(load);
+  const MetricsConfig& m = load.config.metrics;
+  EXPECT_TRUE(m.enabled);
+  EXPECT_EQ(m.listen.host, "0.0.0.0");
+  EXPECT_EQ(m.listen.port, 9187);
+  EXPECT_EQ(m.token_file, "/etc/pgcloak/metrics.token");
+  EXPECT_EQ(m.token, metrics_token);  // the first line, without its newline
+  EXPECT_TRUE(m.tls_enabled());
+  EXPECT_EQ(m.tls_cert_file, cert);
+  EXPECT_EQ(m.tls_key_file, key);
+  EXPECT_EQ(m.max_users, 500U);
+  EXPECT_EQ(m.max_databases, 3U);
+  EXPECT_EQ(m.max_relations, 1000U);
+}
+
+TEST(MetricsConfigTest, TokenFromTheEnvironmentAndOffSkipsTheChecks) {
+  auto env = parse_config("metrics:\n  listen: \"[::]:9930\"\n  token_env: PGCLOAK_METRICS_TOKEN\n",
+                          metrics_secrets(std::nullopt, metrics_token));
+  ASSERT_TRUE(env.ok()) << dump(env);
+  EXPECT_EQ(env.config.metrics.listen.host, "::");
+  EXPECT_EQ(env.config.metrics.token, metrics_token);
+  // Loopback needs no token, IPv6 and "localhost" included.
+  EXPECT_TRUE(parse_config("metrics:\n  listen: \"[::1]:9930\"\n", metrics_secrets()).ok());
+  EXPECT_TRUE(parse_config("metrics:\n  listen: \"localhost:9930\"\n", metrics_secrets()).ok());
+  EXPECT_TRUE(parse_config("metrics:\n  listen: \"127.0.0.2:9930\"\n", metrics_secrets()).ok());
+  // enabled: false: nothing is served, so nothing is checked.
+  auto off = parse_config("metrics:\n  enabled: false\n  listen: \"0.0.0.0:9930\"\n", metrics_secrets());
+  ASSERT_TRUE(off.ok()) << dump(off);
+  EXPECT_FALSE(off.config.metrics.enabled);
+}
+
+TEST(MetricsConfigTest, CrossChecksAreReportedWithTheirLines) {
+  auto open = parse_config("threads: 1\nmetrics:\n  listen: \"0.0.0.0:9930\"\n", metrics_secrets());
+  EXPECT_TRUE(has_issue(open, 3, "is not a loopback address: set metrics.token_file")) << dump(open);
+  EXPECT_EQ(open.issues.size(), 1U) << dump(open);
+  auto named = parse_config("metrics:\n  listen: \"metrics.internal:9930\"\n", metrics_secrets());
+  EXPECT_TRUE(has_issue(named, 2, "is not a loopback address")) << dump(named);
+
+  auto both =
+      parse_config("metrics:\n  token_file: /etc/pgcloak/metrics.token\n  token_env: PGCLOAK_METRICS_TOKEN\n",
+                   metrics_secrets(metrics_token, metrics_token));
+  EXPECT_TRUE(has_issue(both, 3, "either token_file or token_env, not both")) << dump(both);
+
+  auto unreadable = parse_config("metrics:\n  token_file: /etc/pgcloak/nope\n", metrics_secrets());
+  EXPECT_TRUE(has_issue(unreadable, 2, "metrics.token_file: cannot read")) << dump(unreadable);
+  auto unset = parse_config("metrics:\n  token_env: PGCLOAK_METRICS_TOKEN\n", metrics_secrets());
+  EXPECT_TRUE(has_issue(unset, 2, "PGCLOAK_METRICS_TOKEN is not set")) << dump(unset);
+
+  auto short_token =
+      parse_config("metrics:\n  token_file: /etc/pgcloak/metrics.token\n", metrics_secrets("s3cret\n"));
+  EXPECT_TRUE(has_issue(short_token, 2, "the bearer token must be 16 to 4096 characters"))
+      << dump(short_token);
+  EXPECT_EQ(dump(short_token).find("s3cret"), std::string::npos);  // never print the token
+  EXPECT_TRUE(short_token.config.metrics.token.empty());
+  // A space or a quote could not be sent in an Authorization header as is.
+  auto bad_chars = parse_config("metrics:\n  token_env: PGCLOAK_METRICS_TOKEN\n",
+                                metrics_secrets(std::nullopt, "0123456789abcdef 0123456789\""));
+  EXPECT_TRUE(has_issue(bad_chars, 2, "the bearer token must be")) << dump(bad_chars);
+  auto empty_first_line = parse_config("metrics:\n  token_file: /etc/pgcloak/metrics.token\n",
+                                       metrics_secrets("\n" + metrics_token + "\n"));
+  EXPECT_TRUE(has_issue(empty_first_line, 2, "the bearer token must be")) << dump(empty_first_line);
+  // base64 padding is part of RFC 6750's b64token.
+  EXPECT_TRUE(parse_config("metrics:\n  token_file: /etc/pgcloak/metrics.token\n",
+                           metrics_secrets("QUJDREVGR0hJSktMTU5PUA==\r\n"))
+                  .ok());
+
+  auto half_tls = parse_config("metrics:\n  tls:\n    cert_file: /nonexistent/cert.pem\n", metrics_secrets());
+  EXPECT_TRUE(has_issue(half_tls, 3, "metrics.tls.cert_file and metrics.tls.key_file must be set together"))
+      << dump(half_tls);
+  EXPECT_TRUE(has_issue(half_tls, 3, "metrics.tls.cert_file: cannot read")) << dump(half_tls);
+}
+
+TEST(MetricsConfigTest, WrongKeysTypesAndValuesAreReportedWithTheirLines) {
+  auto load = parse_config(R"(metrics:
+  enabled: sometimes
+  listen: 9930
+  max_users: 0
+  max_databases: many
+  max_relations: 10001
+  token: abc
+  tls:
+    cert: x
+)",
+                           metrics_secrets());
+  ASSERT_FALSE(load.ok());
+  EXPECT_TRUE(has_issue(load, 2, "metrics.enabled must be true or false")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 3, "metrics.listen \"9930\": expected host:port")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 4, "metrics.max_users must be between 1 and 10000")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 5, "metrics.max_databases must be a non-negative integer")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 6, "metrics.max_relations must be between 1 and 10000")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 7, "unknown key \"token\" in metrics")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 9, "unknown key \"cert\" in metrics.tls")) << dump(load);
+
+  auto not_a_map = parse_config("metrics: on\n", metrics_secrets());
+  EXPECT_TRUE(has_issue(not_a_map, 1, "metrics must be a mapping")) << dump(not_a_map);
+  auto bad_port = parse_config("metrics:\n  listen: \"127.0.0.1:0\"\n", metrics_secrets());
+  EXPECT_TRUE(has_issue(bad_port, 2, "port must be 1-65535")) << dump(bad_port);
+}
+
 }  // namespace
 }  // namespace pgcloak::rules
