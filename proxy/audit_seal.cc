@@ -13,6 +13,8 @@
 #include <sstream>
 #include <vector>
 
+#include "proxy/base64.h"
+
 namespace pgcloak::proxy {
 
 namespace {
@@ -26,53 +28,6 @@ int hex_value(char c) {
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
   if (c >= 'A' && c <= 'F') return c - 'A' + 10;
   return -1;
-}
-
-std::string base64_encode(const uint8_t* data, size_t n) {
-  std::string out(4 * ((n + 2) / 3), '\0');
-  if (n > 0) {
-    const int written =
-        EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data, static_cast<int>(n));
-    out.resize(static_cast<size_t>(written));
-  }
-  return out;
-}
-
-int base64_value(char c) {
-  if (c >= 'A' && c <= 'Z') return c - 'A';
-  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-  if (c >= '0' && c <= '9') return c - '0' + 52;
-  if (c == '+') return 62;
-  if (c == '/') return 63;
-  return -1;
-}
-
-// Canonical base64 only (RFC 4648 section 4): a sealed value is produced by
-// base64_encode(), so anything else was altered.
-std::optional<std::vector<uint8_t>> base64_decode(std::string_view in) {
-  if (in.size() % 4 != 0) return std::nullopt;
-  size_t pad = 0;
-  if (!in.empty() && in.back() == '=') pad = in.size() >= 2 && in[in.size() - 2] == '=' ? 2 : 1;
-  std::vector<uint8_t> out;
-  out.reserve(in.size() / 4 * 3);
-  for (size_t i = 0; i < in.size(); i += 4) {
-    const size_t data_chars = i + 4 == in.size() ? 4 - pad : 4;
-    uint32_t group = 0;
-    for (size_t j = 0; j < 4; ++j) {
-      int v = 0;
-      if (j < data_chars) {
-        v = base64_value(in[i + j]);
-        if (v < 0) return std::nullopt;
-      }
-      group = (group << 6) | static_cast<uint32_t>(v);
-    }
-    out.push_back(static_cast<uint8_t>(group >> 16));
-    if (data_chars >= 3) out.push_back(static_cast<uint8_t>(group >> 8));
-    if (data_chars == 4) out.push_back(static_cast<uint8_t>(group));
-    if (data_chars == 3 && (group & 0xFF) != 0) return std::nullopt;
-    if (data_chars == 2 && (group & 0xFFFF) != 0) return std::nullopt;
-  }
-  return out;
 }
 
 // Bumped in the child after fork(): a child must never reuse nonces its
@@ -201,9 +156,9 @@ Result<std::string> ParameterSealer::seal(std::string_view plaintext) const {
   }
   total += static_cast<int>(tag_length);
   std::string sealed(version_prefix);
-  sealed += base64_encode(nonce.data(), nonce.size());
+  sealed += base64_encode(std::span<const uint8_t>(nonce.data(), nonce.size()));
   sealed += '.';
-  sealed += base64_encode(out.data(), static_cast<size_t>(total));
+  sealed += base64_encode(std::span<const uint8_t>(out.data(), static_cast<size_t>(total)));
   return sealed;
 }
 
