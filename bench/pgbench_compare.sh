@@ -23,6 +23,10 @@
 #                          (docs/audit.md), each its own process, so
 #                          "direct pgcloak audit-batched audit-strict" measures
 #                          what auditing costs in one run
+#                          metrics-off, metrics-scraped: pgcloak with
+#                          metrics.enabled false, and with /metrics fetched
+#                          once a second during the run; "pgcloak" itself
+#                          runs the default config (metrics on, not scraped)
 #   BENCH_AUDIT_DIR        where audit targets write [the work directory];
 #                          put it on the disk you would use in production:
 #                          strict durability is an fsync per group commit
@@ -71,10 +75,10 @@ for m in "${MODES[@]}"; do
   [[ $m == simple || $m == extended || $m == prepared ]] || die "unknown mode $m"
 done
 for t in "${TARGETS[@]}"; do
-  [[ $t == direct || $t == pgcloak || $t == pgbouncer || $t == audit-batched || $t == audit-strict ]] ||
-    die "unknown target $t"
+  [[ $t == direct || $t == pgcloak || $t == pgbouncer || $t == audit-batched || $t == audit-strict ||
+    $t == metrics-off || $t == metrics-scraped ]] || die "unknown target $t"
 done
-for tool in pgbench psql pgbouncer openssl python3 setpriv; do
+for tool in pgbench psql pgbouncer openssl python3 setpriv curl; do
   command -v "$tool" >/dev/null || die "$tool not found; run deploy/install-deps.sh"
 done
 
@@ -107,6 +111,7 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   stop_pid "$PGBENCH_PID" pgbench
+  for p in "${SCRAPER_PIDS[@]}"; do stop_pid "$p" scraper; done
   for p in "${PGCLOAK_PIDS[@]}"; do stop_pid "$p" pgcloak; done
   stop_pid "$BOUNCER_PID" pgbouncer
   # Belt and braces: whatever PgBouncer's own pid file names, if it is ours.
@@ -186,6 +191,19 @@ next_port() {
 AUDIT_BATCHED_PORT=$(next_port)
 taken+="$AUDIT_BATCHED_PORT "
 AUDIT_STRICT_PORT=$(next_port)
+taken+="$AUDIT_STRICT_PORT "
+METRICS_OFF_PORT=$(next_port)
+taken+="$METRICS_OFF_PORT "
+METRICS_SCRAPED_PORT=$(next_port)
+taken+="$METRICS_SCRAPED_PORT "
+# Every pgcloak serves metrics on its own port (the default 9930 would be
+# shared by all of them).
+declare -A METRICS_PORT
+for t in pgcloak audit-batched audit-strict metrics-scraped; do
+  METRICS_PORT[$t]=$(next_port)
+  taken+="${METRICS_PORT[$t]} "
+done
+SCRAPER_PIDS=()
 
 pgc_gen_certs "$TLS_DIR"
 ssl_opt=()
@@ -216,7 +234,8 @@ if [[ $UPSTREAM == unix ]]; then UP_HOST=$PG_DIR; else UP_HOST=127.0.0.1; fi
 # --- pgcloak -----------------------------------------------------------------
 
 # start_pgcloak NAME PORT [DURABILITY]: one pgcloak; with DURABILITY
-# (batched | strict) its audit trail is on.
+# (batched | strict) its audit trail is on. Metrics are on unless NAME is
+# metrics-off.
 start_pgcloak() {
   local name=$1 port=$2 durability=${3:-}
   local tls_cert="" tls_key="" conf=$WORK/$name.yaml
@@ -245,6 +264,11 @@ timeouts:
 log:
   level: warn
 EOF
+  if [[ $name == metrics-off ]]; then
+    printf 'metrics:\n  enabled: false\n' >>"$conf"
+  else
+    printf 'metrics:\n  listen: "127.0.0.1:%s"\n' "${METRICS_PORT[$name]}" >>"$conf"
+  fi
   if [[ -n $durability ]]; then
     local dir=${BENCH_AUDIT_DIR:-$WORK}/audit-$name
     rm -rf "$dir" && mkdir -p "$dir"
@@ -321,7 +345,21 @@ target_port() {
     pgbouncer) echo "$BOUNCER_PORT" ;;
     audit-batched) echo "$AUDIT_BATCHED_PORT" ;;
     audit-strict) echo "$AUDIT_STRICT_PORT" ;;
+    metrics-off) echo "$METRICS_OFF_PORT" ;;
+    metrics-scraped) echo "$METRICS_SCRAPED_PORT" ;;
   esac
+}
+
+# What Prometheus does to a target, once a second for as long as the
+# benchmark runs: fetch the whole exposition (and check it is one).
+start_scraper() {
+  local url=$1
+  (
+    while sleep 1; do
+      curl -sf --max-time 5 "$url" | grep -c '^pgcloak_build_info' >/dev/null || echo "[bench] scrape of $url failed" >&2
+    done
+  ) &
+  SCRAPER_PIDS+=($!)
 }
 
 SSLMODE=disable
@@ -334,6 +372,11 @@ for t in "${TARGETS[@]}"; do
     pgbouncer) start_pgbouncer ;;
     audit-batched) start_pgcloak audit-batched "$AUDIT_BATCHED_PORT" batched ;;
     audit-strict) start_pgcloak audit-strict "$AUDIT_STRICT_PORT" strict ;;
+    metrics-off) start_pgcloak metrics-off "$METRICS_OFF_PORT" ;;
+    metrics-scraped)
+      start_pgcloak metrics-scraped "$METRICS_SCRAPED_PORT"
+      start_scraper "http://127.0.0.1:${METRICS_PORT[metrics-scraped]}/metrics"
+      ;;
   esac
   out=$(timeout --foreground 30 psql -X -At -h 127.0.0.1 -p "$(target_port "$t")" -U "$BENCH_USER" \
     -d "$BENCH_DB" -c "SELECT count(*) FROM pgbench_branches" 2>&1) && [[ $out == "$SCALE" ]] ||
@@ -457,6 +500,20 @@ if grep -q $'\tpgcloak\t' "$SUMMARY_TSV" && grep -q $'\taudit-' "$SUMMARY_TSV"; 
     awk -v m="$mode" -v t="$target" -v a="$tps" -v b="$base" \
       'BEGIN {goal = (t == "audit-strict") ? 0.85 : 0.95; r = (b > 0) ? a / b : 0;
               printf "%-9s %-14s %.3f of pgcloak without audit (goal >= %.2f: %s)\n", m, t, r, goal, (r >= goal ? "met" : "not met")}'
+  done <"$SUMMARY_TSV"
+fi
+
+# Metrics cost: pgcloak with metrics on (scraped every second, or not
+# scraped) against pgcloak with metrics off, in the same run.
+if grep -q $'\tmetrics-off\t' "$SUMMARY_TSV"; then
+  echo
+  while IFS=$'\t' read -r mode target tps _; do
+    [[ $target == metrics-scraped || $target == pgcloak ]] || continue
+    base=$(awk -F'\t' -v m="$mode" '$1 == m && $2 == "metrics-off" {print $3}' "$SUMMARY_TSV")
+    awk -v m="$mode" -v t="$target" -v a="$tps" -v b="$base" \
+      'BEGIN {r = (b > 0) ? a / b : 0;
+              printf "%-9s %-15s %.3f of pgcloak with metrics off%s\n", m, t, r,
+                     (t == "metrics-scraped") ? sprintf(" (goal >= 0.98: %s)", (r >= 0.98 ? "met" : "not met")) : ""}'
   done <"$SUMMARY_TSV"
 fi
 

@@ -14,6 +14,7 @@
 # Environment:
 #   DEMO_PG_PORT=55432       port of the demo PostgreSQL (127.0.0.1 + socket)
 #   DEMO_PGCLOAK_PORT=6432   port pgcloak listens on (127.0.0.1)
+#   DEMO_METRICS_PORT=9930   port of pgcloak's metrics and console (127.0.0.1)
 #   DEMO_SCALE=1             fixture scale: 10,000 x N customers
 #   DEMO_SKIP_DEPS=1         do not run deploy/install-deps.sh
 #   DEMO_SKIP_BUILD=1        do not build; use PGCLOAK_BIN or build/proxy/pgcloak
@@ -44,6 +45,7 @@ AUDIT_KEY_FILE="$DEMO_DIR/audit.key"
 AUDIT_INITIAL_KEY_FILE="$DEMO_DIR/audit-initial.key"
 PG_PORT=${DEMO_PG_PORT:-55432}
 PROXY_PORT=${DEMO_PGCLOAK_PORT:-6432}
+METRICS_PORT=${DEMO_METRICS_PORT:-9930}
 SCALE=${DEMO_SCALE:-1}
 # The fixture's logins (deploy/fixture/shop.sql); `pgcloak` is the gateway's
 # own catalog login and is not listed.
@@ -265,6 +267,10 @@ audit:
     rotate_age: 24h
     compress: true
     retention_days: 30
+# Prometheus metrics, health checks and the security console, on loopback
+# (docs/metrics.md). Off loopback, set token_file.
+metrics:
+  listen: "127.0.0.1:$METRICS_PORT"
 EOF
 }
 
@@ -388,10 +394,28 @@ verify_audit() {
   AUDIT_SUMMARY=${out%%$'\n'*}
 }
 
+# The metrics endpoint answers, is ready, counts the checks' masked and
+# denied statements, and the console lists the denial.
+verify_metrics() {
+  local base="http://127.0.0.1:$METRICS_PORT" out
+  out=$(curl -sf --max-time 5 "$base/readyz") || { echo "  $base/readyz: ${out:-no answer}" >&2; return 1; }
+  out=$(curl -sf --max-time 5 "$base/metrics") || { echo "  $base/metrics did not answer" >&2; return 1; }
+  grep -q '^pgcloak_statements_total{.*decision="masked".*user="analyst"' <<<"$out" ||
+    { echo "  /metrics does not count the analyst's masked statements" >&2; return 1; }
+  grep -q '^pgcloak_denials_total{rule="deny:set-role"} [1-9]' <<<"$out" ||
+    { echo "  /metrics does not count the refused SET ROLE" >&2; return 1; }
+  out=$(curl -sf --max-time 5 "$base/api/console") || { echo "  $base/api/console did not answer" >&2; return 1; }
+  grep -q '"rule":"deny:set-role"' <<<"$out" ||
+    { echo "  the console does not list the refused SET ROLE" >&2; return 1; }
+}
+
 cmd_start() {
   check_port_number DEMO_PG_PORT "$PG_PORT"
   check_port_number DEMO_PGCLOAK_PORT "$PROXY_PORT"
+  check_port_number DEMO_METRICS_PORT "$METRICS_PORT"
   [[ $PG_PORT != "$PROXY_PORT" ]] || die "DEMO_PG_PORT and DEMO_PGCLOAK_PORT must differ"
+  [[ $METRICS_PORT != "$PROXY_PORT" && $METRICS_PORT != "$PG_PORT" ]] ||
+    die "DEMO_METRICS_PORT must differ from the other ports"
   [[ $SCALE =~ ^[1-9][0-9]{0,3}$ ]] || die "DEMO_SCALE=$SCALE is not an integer from 1 to 9999"
 
   if [[ ${DEMO_SKIP_DEPS:-0} != 1 ]]; then
@@ -464,6 +488,8 @@ cmd_start() {
   verify_audit || { stop_pgcloak; die "the audit trail is not as expected; see $LOG_FILE"; }
   say "verified: the audit trail has these checks, no customer values, and its chain verifies" \
     "($AUDIT_SUMMARY)"
+  verify_metrics || { stop_pgcloak; die "the metrics endpoint is not as expected; see $LOG_FILE"; }
+  say "verified: /readyz is ready, /metrics counts the masked and denied checks, the console lists the denial"
 
   local r
   cat <<EOF
@@ -476,6 +502,8 @@ pgcloak is running in front of the demo database, masking by role.
   config      $CONFIG (masking policies: docs/masking.md)
   mask key    $MASK_KEY_FILE (random, mode 600, new on every start)
   audit trail $AUDIT_DIR/audit.jsonl (docs/audit.md)
+  console     http://127.0.0.1:$METRICS_PORT/console  (live sessions, top readers, denials)
+  metrics     http://127.0.0.1:$METRICS_PORT/metrics  (Prometheus; docs/metrics.md)
 
 Connect through pgcloak as each login (demo passwords, loopback only):
 

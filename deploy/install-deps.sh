@@ -12,7 +12,7 @@ PKGS=(
   libboost1.81-dev libssl-dev libpq-dev libpg-query-dev libprotobuf-c-dev prometheus-cpp-dev
   libyaml-cpp-dev nlohmann-json3-dev zlib1g-dev googletest libgtest-dev libgmock-dev libbenchmark-dev
   # runtime peers for tests, demo and benchmarks
-  postgresql-15 postgresql-client-15 pgbouncer openssl procps iproute2
+  postgresql-15 postgresql-client-15 pgbouncer openssl procps iproute2 curl
   python3 python3-psycopg python3-pytest python3-pytest-timeout python3-yaml
   util-linux
   # audit: syslog end-to-end tests receive records with a real rsyslog;
@@ -20,6 +20,8 @@ PKGS=(
   rsyslog rsyslog-openssl
   # metrics: promtool checks and unit-tests the alert rules in deploy/prometheus/
   prometheus
+  # metrics console: headless browser test
+  chromium chromium-driver
 )
 # node-postgres tests need node and npm; a NodeSource nodejs bundles npm and
 # conflicts with Debian's npm package, so only ask for what is missing.

@@ -16,6 +16,7 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 
+#include "proxy/base64.h"
 #include "proxy/log.h"
 
 namespace pgcloak::proxy {
@@ -58,12 +59,30 @@ std::optional<std::string_view> bearer_token(std::string_view v) {
   return v;
 }
 
+// "Basic base64(user:password)" (RFC 7617): the password is the token.
+std::optional<std::string> basic_password(std::string_view v) {
+  constexpr std::string_view scheme = "basic";
+  if (v.size() <= scheme.size() || !iequals(v.substr(0, scheme.size()), scheme) || v[scheme.size()] != ' ') {
+    return std::nullopt;
+  }
+  v.remove_prefix(scheme.size());
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  auto raw = base64_decode(v);
+  if (!raw) return std::nullopt;
+  std::string text(raw->begin(), raw->end());
+  const auto colon = text.find(':');
+  if (colon == std::string::npos) return std::nullopt;
+  return text.substr(colon + 1);
+}
+
 // What goes back to the client; close = the connection ends after it.
 struct Reply {
   unsigned status = 200;
   std::string content_type = "text/plain; charset=utf-8";
   std::string body;
   std::string www_authenticate;
+  std::vector<std::pair<std::string, std::string>> headers;
   bool close = false;
 };
 
@@ -153,14 +172,25 @@ Reply dispatch(State& st, const Request& req, const std::string& who) {
   // not reveal which paths exist.
   if (st.token_required && !is_public) {
     auto it = req.find(http::field::authorization);
-    std::optional<std::string_view> token;
-    if (it != req.end()) token = bearer_token(it->value());
+    std::optional<std::string> token;
+    if (it != req.end()) {
+      if (auto b = bearer_token(it->value())) {
+        token = std::string(*b);
+      } else {
+        token = basic_password(it->value());
+      }
+    }
     if (!token ||
         CRYPTO_memcmp(digest_of(*token).data(), st.token_digest.data(), st.token_digest.size()) != 0) {
       warn_unauthorized(who, path, it != req.end());
       Reply r = error_reply(401, "unauthorized: send Authorization: Bearer <token>", false);
+      // Two challenges (RFC 7235 section 4.1): scrapers use Bearer, browsers
+      // prompt for Basic (any user name, the token as password). Each in a
+      // header of its own: Chromium reads only the first scheme of a
+      // combined header and would never prompt.
       r.www_authenticate =
           it == req.end() ? "Bearer realm=\"pgcloak\"" : "Bearer realm=\"pgcloak\", error=\"invalid_token\"";
+      r.headers.emplace_back("WWW-Authenticate", "Basic realm=\"pgcloak\", charset=\"UTF-8\"");
       return r;
     }
   }
@@ -177,6 +207,7 @@ Reply dispatch(State& st, const Request& req, const std::string& who) {
     r.status = res.status;
     r.content_type = std::move(res.content_type);
     r.body = std::move(res.body);
+    r.headers = std::move(res.headers);
     return r;
   } catch (const std::exception& e) {
     log::error("http: handler for " + std::string(path) + " failed: " + e.what());
@@ -194,6 +225,7 @@ awaitable<bool> write_reply(Stream& stream, const State& st, unsigned version, b
   res.set(http::field::cache_control, "no-store");
   res.set("X-Content-Type-Options", "nosniff");
   if (!r.www_authenticate.empty()) res.set(http::field::www_authenticate, r.www_authenticate);
+  for (const auto& [name, value] : r.headers) res.insert(name, value);
   if (r.status == 405) res.set(http::field::allow, "GET, HEAD");
   res.keep_alive(keep_alive);
   if (head) {

@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "protocol/result.h"
@@ -32,6 +33,8 @@ struct HttpResponse {
   unsigned status = 200;
   std::string content_type = "text/plain; charset=utf-8";
   std::string body;
+  // Extra headers (Content-Security-Policy for the console, ...).
+  std::vector<std::pair<std::string, std::string>> headers;
 };
 
 // Runs on the endpoint's io_context thread: keep it short (serialize the
@@ -42,7 +45,10 @@ struct HttpEndpointOptions {
   std::string host = "127.0.0.1";  // literal address; loopback unless asked otherwise
   uint16_t port = 9930;            // 0 = any free port (tests)
   // Empty = no token. Otherwise every path except public_paths needs
-  // "Authorization: Bearer <token>".
+  // "Authorization: Bearer <token>", or HTTP Basic credentials whose
+  // password is the token (any user name): a browser cannot send a bearer
+  // token when it opens /console, but it asks for Basic credentials itself
+  // and repeats them for the page's API calls.
   std::string token;
   // Load balancers and kubelets probe health without credentials, and the
   // answers ("ok", "not ready: ...") reveal nothing about the data.

@@ -320,6 +320,14 @@ void ConnectionMetrics::finish() {
 
 // --- sessions ---------------------------------------------------------------
 
+void SessionMetrics::on_masked_values(std::string_view category, std::string_view role, uint64_t n) {
+  if (metrics_ != nullptr) metrics_->on_masked_values(category, role, n);
+}
+
+void SessionMetrics::on_backstop_hit(uint64_t hits) {
+  if (metrics_ != nullptr) metrics_->on_backstop_hit(hits);
+}
+
 void SessionMetrics::on_statement(const StatementMetrics& s) {
   if (metrics_ == nullptr) return;
   metrics_->record_statement(*series_, s, this);

@@ -204,6 +204,9 @@ class SessionMetrics {
  public:
   SessionMetrics() = default;
   void on_statement(const StatementMetrics& s);
+  // Metrics::on_masked_values / on_backstop_hit, or nothing when off.
+  void on_masked_values(std::string_view category, std::string_view role, uint64_t n);
+  void on_backstop_hit(uint64_t hits = 1);
   explicit operator bool() const { return metrics_ != nullptr; }
 
  private:

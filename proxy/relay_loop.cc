@@ -175,6 +175,10 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
     std::string portal_name;
     std::string decision = "allowed";
     std::string rule;
+    std::string message;  // denied: the refusal the client got
+    // What the metrics and the console need to know about the statement
+    // (class, protected columns); null when not observed or unknown.
+    std::shared_ptr<const rules::StatementAudit> profile;
     uint32_t function_oid = 0;  // FunctionCall
     std::string sqlstate;       // FunctionCall: set when it failed
     Clock::time_point start = Clock::now();
@@ -194,6 +198,7 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
     std::string decision = "allowed";
     std::string rule;
     std::string statement_name;
+    std::shared_ptr<const rules::StatementAudit> profile;
     std::optional<std::vector<std::optional<std::string>>> parameters;
   };
 
@@ -205,6 +210,10 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   // --- audit (docs/audit.md) ---
   std::shared_ptr<AuditPending> audit_pending(std::shared_ptr<const std::string> sql, bool extended);
   void audit_emit(AuditPending& p, std::string_view tag, std::string_view sqlstate);
+  // --- metrics and console (docs/metrics.md) ---
+  void observe_start(AuditPending& p);
+  void observe_emit(const AuditPending& p, std::string_view sqlstate);
+  uint64_t masked_values(const rules::StatementAudit& profile, uint64_t rows);
   void audit_statement_done(std::string_view tag, std::string_view sqlstate);
   bool audit_refusing() const;
   Error audit_refusal() const;
@@ -252,6 +261,7 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   PolicyLookup policy_;
   bool masked_ = false;  // statements are analysed (policy masks something, or is unknown)
   AuditHooks audit_;
+  ObserveHooks observe_;
   uint64_t audit_last_seq_ = 0;  // last record this session submitted
   std::unordered_map<std::string, AuditSource> audit_statements_;
   std::unordered_map<std::string, AuditSource> audit_portals_;
@@ -261,7 +271,9 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   Clock::time_point started_ = Clock::now();
   // Responses are matched to client messages while statements are analysed
   // (masking) or audited.
-  bool tracking() const { return masked_ || static_cast<bool>(audit_); }
+  bool tracking() const { return masked_ || recording(); }
+  // Statements are followed to their end for a record or a metric.
+  bool recording() const { return static_cast<bool>(audit_) || static_cast<bool>(observe_); }
   std::deque<Expectation> expect_;
   bool ddl_seen_ = false;  // DDL since the last idle ReadyForQuery
   // Second line of defence (issue: "RowDescription origins are checked"):
@@ -304,6 +316,7 @@ RelayConnection::RelayConnection(RelayLoop& loop, RelayStart start)
       server_frames_(start.max_message_size),
       hooks_(std::move(start.policy)),
       audit_(std::move(start.audit)),
+      observe_(std::move(start.observe)),
       draining_(start.draining) {
   client_.fd = start.client.fd;
   client_.ssl = std::move(start.client.ssl);
@@ -550,6 +563,8 @@ void RelayConnection::refresh_policy() {
   policy_ = hooks_.lookup();
   const bool was = masked_;
   masked_ = policy_.unavailable.has_value() || (policy_.policy && policy_.policy->masks_anything());
+  if (observe_.live)
+    observe_.live->set_policy(policy_.policy ? policy_.policy->policy().name : std::string());
   if (audit_) {
     // Records name the policy in force when the statement ran.
     const std::string name = policy_.policy ? policy_.policy->policy().name : std::string();
@@ -606,12 +621,12 @@ bool RelayConnection::from_client(Bytes chunk) {
           case fe::function_call:
             return protocol::FrameAction::hold;  // expectation recorded with the decision
           case fe::bind:
-            if (audit_) return protocol::FrameAction::hold;  // portal and statement names
+            if (recording()) return protocol::FrameAction::hold;  // portal and statement names
             expect_.push_back({Expect::bind, {}});
             break;
           case fe::describe: expect_.push_back({Expect::describe, {}}); break;
           case fe::execute:
-            if (audit_) return protocol::FrameAction::hold;  // which portal runs
+            if (recording()) return protocol::FrameAction::hold;  // which portal runs
             expect_.push_back({Expect::execute, {}});
             break;
           case fe::close: expect_.push_back({Expect::close, {}}); break;
@@ -677,13 +692,14 @@ void RelayConnection::poison(Expect kind, const Error& refusal, std::shared_ptr<
   if (audit) {
     audit->decision = "denied";
     if (audit->rule.empty()) audit->rule = "refused";
+    audit->message = refusal.message;
   }
   expect_.push_back({kind, refusal, std::move(audit)});
 }
 
 void RelayConnection::client_function_call(Bytes frame, Buffer& out) {
   std::shared_ptr<AuditPending> pending;
-  if (audit_) {
+  if (recording()) {
     pending = audit_pending(nullptr, false);
     if (auto fc = protocol::FunctionCall::decode(frame.subspan(5))) pending->function_oid = fc->function_oid;
   }
@@ -711,7 +727,7 @@ void RelayConnection::client_query(Bytes frame, Buffer& out) {
   auto q = protocol::Query::decode(frame.subspan(5));
   if (!q) return poison(Expect::query, q.error(), nullptr, out);
   std::shared_ptr<AuditPending> pending;
-  if (audit_) pending = audit_pending(std::make_shared<const std::string>(q->sql), false);
+  if (recording()) pending = audit_pending(std::make_shared<const std::string>(q->sql), false);
   if (audit_refusing()) {
     pending->rule = "audit-unavailable";
     return poison(Expect::query, audit_refusal(), std::move(pending), out);
@@ -723,7 +739,9 @@ void RelayConnection::client_query(Bytes frame, Buffer& out) {
     return;
   }
   auto d = decide(q->sql);
-  if (d->catalog_may_change) note_ddl();
+  // A refused statement never runs, so it cannot change the catalog (and
+  // must not make a masked client able to keep the catalog loader busy).
+  if (d->catalog_may_change && d->action != rules::StatementDecision::Action::refuse) note_ddl();
   if (pending) pending->rule = d->rule;
   switch (d->action) {
     case rules::StatementDecision::Action::pass:
@@ -748,7 +766,7 @@ void RelayConnection::client_parse(Bytes frame, Buffer& out) {
   auto p = protocol::Parse::decode(frame.subspan(5));
   if (!p) return poison(Expect::parse, p.error(), nullptr, out);
   std::shared_ptr<AuditPending> pending;
-  if (audit_) {
+  if (recording()) {
     pending = audit_pending(std::make_shared<const std::string>(p->query), true);
     pending->statement_name = p->statement;
   }
@@ -756,7 +774,8 @@ void RelayConnection::client_parse(Bytes frame, Buffer& out) {
   // statement, and its Execute fails too (and is recorded as failed).
   auto remember = [&] {
     if (pending)
-      audit_statements_[p->statement] = {pending->sql, pending->decision, pending->rule, p->statement, {}};
+      audit_statements_[p->statement] = {pending->sql, pending->decision, pending->rule,
+                                         p->statement, pending->profile,  {}};
   };
   if (audit_refusing()) {
     pending->rule = "audit-unavailable";
@@ -770,7 +789,9 @@ void RelayConnection::client_parse(Bytes frame, Buffer& out) {
     return;
   }
   auto d = decide(p->query);
-  if (d->catalog_may_change) note_ddl();
+  // A refused statement never runs, so it cannot change the catalog (and
+  // must not make a masked client able to keep the catalog loader busy).
+  if (d->catalog_may_change && d->action != rules::StatementDecision::Action::refuse) note_ddl();
   if (pending) pending->rule = d->rule;
   switch (d->action) {
     case rules::StatementDecision::Action::pass:
@@ -825,6 +846,7 @@ void RelayConnection::client_bind(Bytes frame, Buffer& out) {
   pending->portal_name = b->portal;
   pending->decision = src.decision;
   pending->rule = src.rule;
+  pending->profile = src.profile;
   pending->parameters = src.parameters;
   audit_portals_[b->portal] = std::move(src);
   expect_.push_back({Expect::bind, {}, std::move(pending)});
@@ -840,7 +862,9 @@ void RelayConnection::client_execute(Bytes frame, Buffer& out) {
       pending->statement_name = it->second.statement_name;
       pending->decision = it->second.decision;
       pending->rule = it->second.rule;
+      pending->profile = it->second.profile;
       pending->parameters = it->second.parameters;
+      observe_start(*pending);
     }
   }
   if (audit_refusing()) {
@@ -857,10 +881,15 @@ void RelayConnection::client_execute(Bytes frame, Buffer& out) {
 
 std::shared_ptr<RelayConnection::AuditPending> RelayConnection::audit_pending(
     std::shared_ptr<const std::string> sql, bool extended) {
-  if (!audit_) return nullptr;
+  if (!recording()) return nullptr;
   auto p = std::make_shared<AuditPending>();
   p->sql = std::move(sql);
   p->extended = extended;
+  if (observe_ && p->sql) {
+    p->profile = loop_.profiles_.get(*p->sql, 0, observe_.protection ? observe_.protection() : nullptr);
+    // Parse only prepares: the statement starts running at Execute.
+    if (!extended) observe_start(*p);
+  }
   return p;
 }
 
@@ -900,6 +929,8 @@ void RelayConnection::audit_emit(AuditPending& p, std::string_view tag, std::str
     }
     if (digits) c.rows = n;
   }
+  if (observe_) observe_emit(p, sqlstate);
+  if (!audit_) return;
   c.bytes_to_client = p.bytes;
   c.duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - p.start);
   c.sqlstate = std::string(sqlstate);
@@ -929,6 +960,13 @@ void RelayConnection::audit_statement_done(std::string_view tag, std::string_vie
       p.rows = 0;
       p.bytes = 0;
       p.start = Clock::now();
+      if (observe_ && p.sql) {
+        p.profile =
+            loop_.profiles_.get(*p.sql, p.index, observe_.protection ? observe_.protection() : nullptr);
+        // Past the last statement the index names none (parse_error): the
+        // session is idle until ReadyForQuery says so, not running "MISC".
+        if (!p.profile->parse_error && !p.profile->empty) observe_start(p);
+      }
       break;
     case Expect::execute:
     case Expect::parse:
@@ -954,12 +992,89 @@ void RelayConnection::audit_durable(uint64_t durable) {
   while (!client_.holds.empty() && client_.holds.front().second <= durable) client_.holds.pop_front();
 }
 
+// --- metrics and console ------------------------------------------------------
+
+void RelayConnection::observe_start(AuditPending& p) {
+  if (!observe_.live) return;
+  const auto cls = p.profile && !p.profile->parse_error ? p.profile->audit_class
+                   : p.function_oid != 0                ? rules::AuditClass::function
+                                                        : rules::AuditClass::misc;
+  observe_.live->current_rows.store(0, std::memory_order_relaxed);
+  observe_.live->current_class.store(static_cast<int>(cls), std::memory_order_relaxed);
+}
+
+// Values the masks replaced in the result: one per row and masked protected
+// column the statement reads, counted under the column's category for the
+// session's policy.
+uint64_t RelayConnection::masked_values(const rules::StatementAudit& profile, uint64_t rows) {
+  if (rows == 0 || !policy_.policy || !observe_.metrics) return 0;
+  uint64_t total = 0;
+  for (const auto& [oid, column] : profile.protected_refs) {
+    const rules::RelationMasks* m = policy_.policy->masks_for(oid);
+    if (m == nullptr || m->protection == nullptr || column >= m->specs.size()) continue;
+    if (m->specs[column].kind == rules::MaskKind::allow) continue;
+    const auto& col = m->protection->columns[column];
+    const std::string_view category = col.category ? std::string_view(*col.category) : "derived";
+    observe_.metrics.on_masked_values(category, policy_.policy->policy().name, rows);
+    total += rows;
+  }
+  return total;
+}
+
+void RelayConnection::observe_emit(const AuditPending& p, std::string_view sqlstate) {
+  const rules::StatementAudit* prof = p.profile && !p.profile->parse_error ? p.profile.get() : nullptr;
+  const auto cls = prof != nullptr       ? prof->audit_class
+                   : p.function_oid != 0 ? rules::AuditClass::function
+                                         : rules::AuditClass::misc;
+  const bool denied = p.decision == "denied";
+  const bool masked = p.decision == "masked";
+  static const std::vector<std::string> none;
+  const std::vector<std::string>& relations = prof != nullptr ? prof->protected_relations : none;
+  const uint64_t protected_rows = relations.empty() ? 0 : p.rows;
+  const uint64_t masked_count = masked && prof != nullptr ? masked_values(*prof, p.rows) : 0;
+  if (observe_.metrics) {
+    StatementMetrics m;
+    m.statement_class = cls;
+    m.decision = denied   ? StatementVerdict::denied
+                 : masked ? StatementVerdict::masked
+                          : StatementVerdict::allowed;
+    m.rule = p.rule;
+    m.duration = Clock::now() - p.start;
+    m.rows = p.rows;
+    m.bytes = p.bytes;
+    m.protected_relations = relations;
+    observe_.metrics.on_statement(m);
+  }
+  if (LiveSession* live = observe_.live.get()) {
+    // Plain stores: this thread is the only writer.
+    constexpr auto relaxed = std::memory_order_relaxed;
+    live->current_class.store(-1, relaxed);
+    live->current_rows.store(0, relaxed);
+    live->statements.store(live->statements.load(relaxed) + 1, relaxed);
+    live->rows.store(live->rows.load(relaxed) + p.rows, relaxed);
+    live->bytes.store(live->bytes.load(relaxed) + p.bytes, relaxed);
+    if (protected_rows > 0)
+      live->protected_rows.store(live->protected_rows.load(relaxed) + protected_rows, relaxed);
+    if (observe_.console != nullptr) {
+      observe_.console->on_statement(*live, {protected_rows, masked_count, relations});
+      if (denied) {
+        observe_.console->on_denial({std::chrono::system_clock::now(), id_, live->user, live->client, p.rule,
+                                     p.message.empty() ? std::string(sqlstate) : p.message});
+      }
+    }
+  }
+}
+
 void RelayConnection::on_server_header(uint8_t type, uint32_t length) {
   if (expect_.empty()) return;
   const Expect head = expect_.front().kind;
   if (AuditPending* a = expect_.front().audit.get()) {
     a->bytes += uint64_t{length} + 1;
-    if (type == be::data_row) ++a->rows;
+    if (type == be::data_row) {
+      ++a->rows;
+      // A plain store: only this thread writes it.
+      if (observe_.live) observe_.live->current_rows.store(a->rows, std::memory_order_relaxed);
+    }
   }
   switch (type) {
     case be::parse_complete:
@@ -988,8 +1103,15 @@ void RelayConnection::on_server_header(uint8_t type, uint32_t length) {
       }
       break;
     case be::ready_for_query:
+      // Nothing of what the client sent is still running.
+      if (observe_.live && expect_.size() == 1)
+        observe_.live->current_class.store(-1, std::memory_order_relaxed);
       if (head == Expect::query || head == Expect::sync || head == Expect::function_call) {
-        if (head == Expect::function_call && expect_.front().audit) {
+        if (head == Expect::function_call && expect_.front().audit && observe_) {
+          const AuditPending& p = *expect_.front().audit;
+          observe_emit(p, p.sqlstate);
+        }
+        if (head == Expect::function_call && expect_.front().audit && audit_) {
           AuditPending& p = *expect_.front().audit;
           AuditEvent ev;
           ev.kind = "function_call";
@@ -1054,6 +1176,7 @@ void RelayConnection::backstop_row(Bytes frame, Buffer& out) {
     }
     replaced[c.index] = std::move(masked);
     row->values[c.index].reset();
+    observe_.metrics.on_backstop_hit();
     if (backstop_hits_++ == 0 || backstop_hits_ % 10000 == 0) {
       log::warn("backstop: column " + c.name + " reached the client unmasked and was masked in pgcloak (" +
                     std::to_string(backstop_hits_) + " values so far); please report this statement",
@@ -1179,7 +1302,7 @@ void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
 bool RelayConnection::from_server(Bytes chunk) {
   bool ended_ready = false;
   Error violation;
-  const bool tracking = masked_ || audit_ || !expect_.empty();
+  const bool tracking = masked_ || recording() || !expect_.empty();
   auto st = server_frames_.feed(
       chunk, client_.out,
       [&](uint8_t type, uint32_t length) {
@@ -1195,7 +1318,7 @@ bool RelayConnection::from_server(Bytes chunk) {
             return protocol::FrameAction::hold;
           }
           if (type == be::data_row && !backstop_.empty()) return protocol::FrameAction::hold;
-          if (type == be::command_complete && audit_) return protocol::FrameAction::hold;
+          if (type == be::command_complete && recording()) return protocol::FrameAction::hold;
           on_server_header(type, length);
         }
         return protocol::FrameAction::pass;
@@ -1323,7 +1446,7 @@ void RelayConnection::close_now() {
       s->fd = -1;
     }
   }
-  if (audit_) {
+  if (recording()) {
     // Statements still running when the session ended are recorded too:
     // the trail must show what was attempted, not only what finished.
     for (auto& e : expect_) {
@@ -1332,6 +1455,8 @@ void RelayConnection::close_now() {
       }
     }
     expect_.clear();
+  }
+  if (audit_) {
     AuditEvent ev;
     ev.kind = "disconnect";
     ev.session = audit_.session;

@@ -31,6 +31,8 @@
 #include "protocol/result.h"
 #include "protocol/wire.h"
 #include "proxy/audit_event.h"
+#include "proxy/console_state.h"
+#include "proxy/metrics.h"
 #include "proxy/stream.h"
 #include "rules/decision_cache.h"
 #include "rules/session_policy.h"
@@ -71,6 +73,18 @@ struct AuditHooks {
   explicit operator bool() const { return log != nullptr; }
 };
 
+// How a relaying session reports to the metrics and the console
+// (docs/metrics.md). Empty = neither is on.
+struct ObserveHooks {
+  SessionMetrics metrics;             // empty = metrics off
+  std::shared_ptr<LiveSession> live;  // null = no console
+  ConsoleState* console = nullptr;    // with live
+  // The protection in force (null = nothing protected): which relations
+  // and columns a statement reads, for rows by protected relation.
+  std::function<std::shared_ptr<const rules::Protection>()> protection;
+  explicit operator bool() const { return static_cast<bool>(metrics) || live != nullptr; }
+};
+
 // Everything a session hands over when it starts relaying.
 struct RelayStart {
   uint64_t session_id = 0;
@@ -81,8 +95,9 @@ struct RelayStart {
   uint32_t max_message_size = 0;
   std::chrono::milliseconds client_idle{0};  // 0 = no idle timeout
   bool draining = false;
-  PolicyHooks policy;  // empty = masking is off
-  AuditHooks audit;    // empty = audit is off
+  PolicyHooks policy;    // empty = masking is off
+  AuditHooks audit;      // empty = audit is off
+  ObserveHooks observe;  // empty = no metrics or console
   // Called on the loop thread once both descriptors are closed.
   std::function<void()> on_closed;
 };
@@ -143,6 +158,8 @@ class RelayLoop {
   std::vector<std::shared_ptr<RelayConnection>> retired_;
   protocol::Buffer rx_;  // one receive buffer per loop: data is processed before the next read
   rules::DecisionCache decisions_;
+  // Class and protected relations of observed statements (metrics, console).
+  rules::StatementAuditCache profiles_{size_t{4} << 20};
   std::vector<std::pair<uint64_t, std::weak_ptr<RelayConnection>>> durable_waiters_;
   uint64_t durable_registered_ = 0;  // seq of the outstanding on_durable registration (0 = none)
   std::chrono::steady_clock::time_point next_tick_{};

@@ -10,6 +10,8 @@
 #include "proxy/audit_analyzer.h"
 #include "proxy/audit_seal.h"
 #include "proxy/audit_syslog.h"
+#include "proxy/console_assets.h"
+#include "proxy/http_endpoint.h"
 #include "proxy/log.h"
 #include "proxy/run_blocking.h"
 #include "proxy/session.h"
@@ -43,11 +45,29 @@ std::vector<std::shared_ptr<Session>> SessionRegistry::snapshot() const {
   return out;
 }
 
+void UpstreamHealth::note_ok() {
+  std::lock_guard lock(mu_);
+  problem_.clear();
+}
+
+void UpstreamHealth::note_failure(std::string why) {
+  std::lock_guard lock(mu_);
+  problem_ = std::move(why);
+}
+
+std::string UpstreamHealth::problem() const {
+  std::lock_guard lock(mu_);
+  return problem_;
+}
+
 Server::Server(rules::Config config, std::string config_path) : config_path_(std::move(config_path)) {
   state_.config = std::make_shared<const rules::Config>(std::move(config));
 }
 
-void Server::audit_reload(std::string_view result, const std::string& reason) {
+void Server::note_reload(std::string_view result, const std::string& reason) {
+  if (state_.metrics) {
+    state_.metrics->on_config_reload(result == "applied" ? ReloadResult::applied : ReloadResult::rejected);
+  }
   if (!state_.audit) return;
   AuditEvent ev;
   ev.kind = "config_reload";
@@ -64,28 +84,30 @@ void Server::reload_config() {
   if (!load.ok()) {
     log::error("SIGHUP: " + config_path_ + " is invalid; keeping the running configuration:\n" +
                load.format(config_path_));
-    audit_reload("rejected", load.format(config_path_));
+    note_reload("rejected", load.format(config_path_));
     return;
   }
   if (!state_.policies) {
     log::warn("SIGHUP: masking is not set up in this process; restart pgcloak to apply changes");
-    audit_reload("rejected", "masking is not set up in this process");
+    note_reload("rejected", "masking is not set up in this process");
     return;
   }
   if (auto st =
           state_.policies->reload_masking(std::make_shared<const rules::MaskingConfig>(load.config.masking));
       !st) {
     log::error("SIGHUP: " + st.error().message + "; keeping the running configuration");
-    audit_reload("rejected", st.error().message);
+    note_reload("rejected", st.error().message);
     return;
   }
-  audit_reload("applied", "");
+  note_reload("applied", "");
   log::info("SIGHUP: reloaded " + config_path_ +
             ": masking rules apply from each session's next statement; other sections take effect after a "
             "restart");
 }
 
-Server::~Server() = default;
+Server::~Server() {
+  stop_http();
+}
 
 Status Server::start() {
   const auto& cfg = *state_.config;
@@ -110,6 +132,9 @@ Status Server::start() {
   }
   if (cfg.audit.enabled) {
     if (auto st = open_audit(); !st) return st;
+  }
+  if (cfg.metrics.enabled) {
+    if (auto st = open_metrics(); !st) return st;
   }
   if (cfg.auth.mode == rules::AuthMode::scram) {
     PgSideParams side = PgSideParams::catalog(cfg, "");
@@ -234,6 +259,151 @@ Status Server::open_audit() {
   return ok_status();
 }
 
+Status Server::open_metrics() {
+  const auto& m = state_.config->metrics;
+  state_.metrics = std::make_unique<Metrics>(
+      MetricsOptions{PGCLOAK_VERSION, m.max_users, m.max_databases, m.max_relations});
+  state_.console = std::make_unique<ConsoleState>();
+  if (state_.audit) {
+    // Queue depth, write latency and failures are read when scraped:
+    // cheaper than pushing them on every record.
+    AuditLog* log = state_.audit.get();
+    Metrics* metrics = state_.metrics.get();
+    const uint64_t limit = state_.config->audit.queue_limit;
+    metrics->add_scrape_hook([log, metrics, limit] { metrics->set_audit_stats(log->stats(), limit); });
+  }
+  HttpEndpointOptions o;
+  o.host = m.listen.host;
+  o.port = m.listen.port;
+  o.token = m.token;
+  if (m.tls_enabled()) {
+    auto tls = make_http_tls_context(m.tls_cert_file, m.tls_key_file);
+    if (!tls) return std::move(tls).error();
+    o.tls = std::move(tls).value();
+  }
+  http_ctx_ = std::make_unique<asio::io_context>(1);
+  http_ = std::make_unique<HttpEndpoint>(*http_ctx_, std::move(o));
+  add_http_routes();
+  if (auto st = http_->start(); !st) return st;
+  const auto ep = http_->local_endpoint();
+  log::info(std::string("metrics and console on ") + (m.tls_enabled() ? "https" : "http") + "://" +
+            (ep.address().is_v6() ? "[" + ep.address().to_string() + "]" : ep.address().to_string()) + ":" +
+            std::to_string(ep.port()) + " (/metrics, /healthz, /readyz, /console)" +
+            (m.token.empty() ? "" : "; bearer token required"));
+  return ok_status();
+}
+
+// Why pgcloak should not get new connections right now, or "" when it
+// should (docs/metrics.md, "/readyz").
+std::string Server::not_ready_reason() const {
+  if (state_.draining.load()) return "shutting down";
+  if (std::string up = state_.upstream_health.problem(); !up.empty()) return "upstream unreachable: " + up;
+  if (state_.audit) {
+    const AuditStats st = state_.audit->stats();
+    if (!st.healthy || !state_.audit->accepting()) {
+      return "the audit sink is failing; statements are " +
+             std::string(state_.config->audit.on_failure == rules::AuditOnFailure::fail_closed ? "refused"
+                                                                                               : "held");
+    }
+  }
+  return {};
+}
+
+void Server::add_http_routes() {
+  Metrics* metrics = state_.metrics.get();
+  http_->add_route("/metrics", [metrics](const HttpRequest&) {
+    HttpResponse r;
+    r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    r.body = metrics->serialize();
+    return r;
+  });
+  http_->add_route("/healthz", [](const HttpRequest&) {
+    return HttpResponse{200, "text/plain; charset=utf-8", "ok\n", {}};
+  });
+  http_->add_route("/readyz", [this](const HttpRequest&) {
+    const std::string why = not_ready_reason();
+    if (why.empty()) return HttpResponse{200, "text/plain; charset=utf-8", "ready\n", {}};
+    return HttpResponse{503, "text/plain; charset=utf-8", "not ready: " + why + "\n", {}};
+  });
+  // The console: static assets compiled in (no CDN), under a policy that
+  // allows nothing but themselves and same-origin API calls, so that even
+  // a user name crafted as markup cannot run script in the page.
+  for (const ConsoleAsset& a : console_assets()) {
+    http_->add_route(std::string(a.path), [a](const HttpRequest&) {
+      HttpResponse r;
+      r.content_type = std::string(a.content_type);
+      r.body = std::string(a.body);
+      r.headers = {
+          {"Content-Security-Policy",
+           "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' "
+           "data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"},
+          {"X-Frame-Options", "DENY"},
+          {"Referrer-Policy", "no-referrer"}};
+      return r;
+    });
+  }
+  http_->add_route("/api/console", [this](const HttpRequest&) {
+    ConsoleState::Status st;
+    st.version = PGCLOAK_VERSION;
+    st.not_ready_reason = not_ready_reason();
+    st.ready = st.not_ready_reason.empty();
+    st.uptime = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started_);
+    HttpResponse r;
+    r.content_type = "application/json";
+    r.body = state_.console->snapshot(st).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    return r;
+  });
+}
+
+// With no client connecting, only a probe notices that PostgreSQL went
+// away (or came back). A bare TCP connect, closed without sending a byte:
+// PostgreSQL does not log connections that send nothing.
+awaitable<void> Server::probe_upstream() {
+  const auto& up = state_.config->upstream;
+  auto ex = co_await asio::this_coro::executor;
+  asio::steady_timer wait(ex);
+  for (;;) {
+    // Declared before the deadline's handler, which may close them, and
+    // alive until the end of the iteration, after that handler has run.
+    tcp::socket tsock(ex);
+    unix_stream::socket usock(ex);
+    asio::steady_timer deadline(ex);
+    deadline.expires_after(up.connect_timeout);
+    bool timed_out = false;
+    deadline.async_wait([&](const error_code& e) {
+      if (e) return;
+      timed_out = true;
+      error_code ignored;
+      tsock.close(ignored);
+      usock.close(ignored);
+    });
+    error_code ec;
+    if (up.is_unix_socket()) {
+      std::tie(ec) = co_await usock.async_connect(unix_stream::endpoint(up.unix_socket_path()), use_nothrow);
+    } else {
+      tcp::resolver resolver(ex);
+      auto [rec, results] = co_await resolver.async_resolve(up.host, std::to_string(up.port), use_nothrow);
+      ec = rec;
+      if (!ec) std::tie(ec, std::ignore) = co_await asio::async_connect(tsock, results, use_nothrow);
+    }
+    deadline.cancel();
+    if (ec) {
+      state_.upstream_health.note_failure("cannot connect to " + up.describe() + ": " +
+                                          (timed_out ? std::string("timed out") : ec.message()));
+    } else {
+      state_.upstream_health.note_ok();
+    }
+    wait.expires_after(std::chrono::seconds(5));
+    if (auto [wec] = co_await wait.async_wait(use_nothrow); wec) co_return;
+  }
+}
+
+void Server::stop_http() {
+  if (http_) http_->stop();
+  if (http_ctx_) http_ctx_->stop();
+  if (http_thread_.joinable()) http_thread_.join();
+}
+
 asio::io_context& Server::next_worker() {
   auto& ctx = *workers_[next_worker_];
   next_worker_ = (next_worker_ + 1) % workers_.size();
@@ -249,12 +419,19 @@ int Server::run() {
     asio::co_spawn(main_ctx, catalog_refresher(*state_.policies, *state_.blocking), asio::detached);
   }
 
+  if (http_) {
+    asio::co_spawn(*http_ctx_, probe_upstream(), asio::detached);
+    http_thread_ = std::thread([ctx = http_ctx_.get()] { ctx->run(); });
+  }
+
   std::vector<std::thread> threads;
   for (size_t i = 1; i < workers_.size(); ++i) {
     threads.emplace_back([ctx = workers_[i].get()] { ctx->run(); });
   }
   main_ctx.run();
   for (auto& t : threads) t.join();
+  // Before the audit log closes: the scrape hook reads its stats.
+  stop_http();
   // Calls still running finish (libpq timeouts bound them); their sessions
   // are not resumed, as the io threads have stopped.
   state_.blocking->join();

@@ -4,6 +4,7 @@
 // coroutines never need locks or strands.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <thread>
@@ -33,7 +34,14 @@ class Server {
   awaitable<void> handle_signals();
   void reload_config();
   Status open_audit();
-  void audit_reload(std::string_view result, const std::string& reason);
+  // Metrics, the console and the HTTP endpoint serving them, on their own
+  // thread so that a scrape never delays a session.
+  Status open_metrics();
+  void add_http_routes();
+  std::string not_ready_reason() const;
+  awaitable<void> probe_upstream();
+  void stop_http();
+  void note_reload(std::string_view result, const std::string& reason);
   awaitable<void> shutdown();
   void start_session(std::unique_ptr<class Stream> stream, asio::io_context& ctx);
   asio::io_context& next_worker();
@@ -47,6 +55,10 @@ class Server {
   std::string unix_socket_path_;
   std::unique_ptr<asio::signal_set> signals_;
   std::string config_path_;
+  std::unique_ptr<asio::io_context> http_ctx_;
+  std::unique_ptr<class HttpEndpoint> http_;
+  std::thread http_thread_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   size_t next_worker_ = 0;
   int exit_code_ = 0;
 };

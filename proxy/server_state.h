@@ -14,6 +14,8 @@
 #include "proxy/audit_log.h"
 #include "proxy/auth_lookup.h"
 #include "proxy/cancel_registry.h"
+#include "proxy/console_state.h"
+#include "proxy/metrics.h"
 #include "proxy/pg_side_connection.h"
 #include "proxy/policy_store.h"
 #include "proxy/relay_loop.h"
@@ -37,6 +39,20 @@ class SessionRegistry {
   std::unordered_map<uint64_t, std::weak_ptr<Session>> sessions_;
 };
 
+// Whether PostgreSQL answers, for /readyz: the latest of the sessions'
+// connects and the endpoint's own probe wins.
+class UpstreamHealth {
+ public:
+  void note_ok();
+  void note_failure(std::string why);
+  // Empty = reachable (or not tried yet); otherwise why it is not.
+  std::string problem() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::string problem_;
+};
+
 struct ServerState {
   std::shared_ptr<const rules::Config> config;
   std::shared_ptr<ssl::context> client_tls;    // null when TLS towards clients is off
@@ -56,6 +72,10 @@ struct ServerState {
   // its writer calls the analyzer (policies) and posts to relay loops, so
   // it is closed and destroyed before them.
   std::unique_ptr<AuditLog> audit;
+  // Metrics and the console (null when metrics.enabled is false).
+  std::unique_ptr<Metrics> metrics;
+  std::unique_ptr<ConsoleState> console;
+  UpstreamHealth upstream_health;
   // Blocking calls (libpq) run here, off the io threads (run_blocking.h).
   // Declared last so it is joined before what its calls use goes away.
   std::unique_ptr<asio::thread_pool> blocking;

@@ -52,6 +52,7 @@ Session::Session(ServerState& server, std::unique_ptr<Stream> client, uint64_t i
       id_(id),
       handshake_deadline_(executor_) {
   identity_.client_address = client_->peer_address();
+  if (server_.metrics) connection_metrics_ = server_.metrics->on_connection_opened();
 }
 
 Session::~Session() {
@@ -99,6 +100,7 @@ awaitable<void> Session::main() {
       d["sqlstate"] =
           last_error_sqlstate_.empty() ? std::string(sqlstate::connection_failure) : last_error_sqlstate_;
     audit_event("auth", std::move(d));
+    connection_metrics_.on_auth(ready);
   }
   if (!ready) {
     audit_event("disconnect", {{"statements", 0}});
@@ -203,6 +205,7 @@ awaitable<bool> Session::negotiate_startup() {
       }
       identity_.tls = true;
       identity_.tls_info = client_->tls_info();
+      connection_metrics_.set_tls();
       audit_event("tls", {{"version", identity_.tls_info.version},
                           {"cipher", identity_.tls_info.cipher},
                           {"client_cert_subject", identity_.tls_info.client_cert_subject}});
@@ -317,9 +320,12 @@ awaitable<bool> Session::open_upstream() {
   auto conn = co_await connect_upstream(config_->upstream, server_.upstream_tls.get());
   if (!conn) {
     log::warn(conn.error().message, id_);
+    if (server_.metrics) server_.metrics->on_upstream_connect_error();
+    server_.upstream_health.note_failure(conn.error().message);
     co_await send_error(conn.error());
     co_return false;
   }
+  server_.upstream_health.note_ok();
   upstream_ = std::move(conn).value();
   identity_.upstream_tls = upstream_->is_tls();
   Buffer b;
@@ -388,6 +394,12 @@ awaitable<bool> Session::connect_and_authenticate() {
       if (masked) {
         log::warn("refusing startup setting " + *bad + " for masked login \"" + identity_.user + "\"", id_);
         audit_event("denial", {{"rule", "deny:startup-setting"}, {"setting", *bad}});
+        if (server_.metrics) server_.metrics->on_denial("deny:startup-setting");
+        if (server_.console) {
+          server_.console->on_denial({std::chrono::system_clock::now(), id_, identity_.user,
+                                      identity_.client_address, "deny:startup-setting",
+                                      "startup setting " + *bad + " refused for a masked login"});
+        }
         co_await send_error(
             Error::make(sqlstate::insufficient_privilege,
                         "pgcloak: the startup setting " + *bad + " is not allowed for role \"" +
@@ -746,8 +758,32 @@ awaitable<void> Session::relay() {
     start.audit.fail_closed = ac.on_failure == rules::AuditOnFailure::fail_closed;
     start.audit.log_parameters = ac.log_parameters;
   }
+  std::shared_ptr<LiveSession> live;
+  if (server_.metrics) {
+    start.observe.metrics = server_.metrics->session(identity_.user, identity_.database);
+    PolicyStore* store = server_.policies.get();
+    start.observe.protection = [store]() -> std::shared_ptr<const rules::Protection> {
+      return store != nullptr && store->enabled() ? store->protection() : nullptr;
+    };
+  }
+  if (server_.console) {
+    live = std::make_shared<LiveSession>();
+    live->id = id_;
+    live->user = identity_.user;
+    live->database = identity_.database;
+    live->client = identity_.client_address;
+    live->application_name = identity_.application_name;
+    live->tls = identity_.tls;
+    live->tls_version = identity_.tls_info.version;
+    live->connected_at = connected_at_;
+    if (auto s = audit_session(); s) live->set_policy(s->policy);
+    start.observe.live = live;
+    start.observe.console = server_.console.get();
+    server_.console->open_session(live);
+  }
   relay_ = server_.relays.pick().adopt(std::move(start));
   while (!done->done) co_await done->timer.async_wait(use_nothrow);
+  if (live) server_.console->close_session(id_);
   phase_ = Phase::closing;
   closing_ = true;
   log::info("session closed: user=" + identity_.user + " client=" + identity_.client_address, id_);

@@ -139,7 +139,9 @@ class Session : public std::enable_shared_from_this<Session> {
   BackendKey client_key_;
   BackendKey upstream_key_;
 
-  std::string last_error_sqlstate_;  // of the last error sent before relaying
+  std::string last_error_sqlstate_;       // of the last error sent before relaying
+  ConnectionMetrics connection_metrics_;  // connection gauges; empty when metrics are off
+  std::chrono::system_clock::time_point connected_at_ = std::chrono::system_clock::now();
   std::shared_ptr<const AuditSession> audit_session_;
   bool audit_session_complete_ = false;  // built after authentication: final
   bool closing_ = false;

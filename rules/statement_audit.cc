@@ -560,6 +560,7 @@ class Walker {
 
   std::vector<std::string> relations;
   std::set<std::string> protected_columns;
+  std::set<std::pair<uint32_t, uint32_t>> protected_refs;
   bool modifies = false;       // an INSERT, UPDATE, DELETE or MERGE anywhere
   bool user_function = false;  // a call of a function that is not built in
 
@@ -874,6 +875,7 @@ class Walker {
     const auto& col = rp.columns[i];
     if (!col.category && !col.derived) return;
     protected_columns.insert(rel.schema + "." + rel.name + "." + rel.columns[i].name);
+    protected_refs.emplace(rel.oid, static_cast<uint32_t>(i));
     // The configured column behind a partition's or view's column, so a
     // search by configured column finds every read of it.
     if (col.category) protected_columns.insert(column_name(col.source));
@@ -1088,6 +1090,18 @@ StatementAudit analyse(std::string_view sql, const ParsedText& parsed, unsigned 
   a.audit_class = statement_class(node, w);
   a.relations = std::move(w.relations);
   a.protected_columns.assign(w.protected_columns.begin(), w.protected_columns.end());
+  a.protected_refs.assign(w.protected_refs.begin(), w.protected_refs.end());
+  if (protection != nullptr) {
+    for (const auto& [oid, column] : a.protected_refs) {
+      if (const RelationProtection* rp = protection->find(oid)) {
+        std::string name = rp->relation->schema + "." + rp->relation->name;
+        if (std::find(a.protected_relations.begin(), a.protected_relations.end(), name) ==
+            a.protected_relations.end()) {
+          a.protected_relations.push_back(std::move(name));
+        }
+      }
+    }
+  }
   if (node->node_case == PG_QUERY__NODE__NODE_COPY_STMT) {
     const auto* c = node->copy_stmt;
     CopyAudit copy;
@@ -1211,6 +1225,8 @@ size_t StatementAudit::bytes() const {
   size_t n = sizeof(*this) + fingerprint.size() + normalized.size() + command.size();
   for (const auto& r : relations) n += sizeof(std::string) + r.size();
   for (const auto& c : protected_columns) n += sizeof(std::string) + c.size();
+  for (const auto& r : protected_relations) n += sizeof(std::string) + r.size();
+  n += protected_refs.size() * sizeof(protected_refs[0]);
   if (copy) n += copy->endpoint.size();
   return n;
 }

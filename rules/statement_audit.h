@@ -59,6 +59,11 @@ struct StatementAudit {
   // reads, writes or names, including the configured columns a protected
   // partition or view column comes from.
   std::vector<std::string> protected_columns;
+  // The same reads as (relation oid, column index in the relation) of the
+  // relation the statement names, for per-category counts, and the
+  // relations ("schema.name") they belong to, sorted by oid.
+  std::vector<std::pair<uint32_t, uint32_t>> protected_refs;
+  std::vector<std::string> protected_relations;
   std::optional<CopyAudit> copy;
   // The statement's bytes within the analysed text, for callers that seal
   // the original. length npos = to the end of the text (the last or only

@@ -32,43 +32,8 @@ sed "s|/etc/prometheus/pgcloak.token|$work/pgcloak.token|" "$prom/prometheus.yml
 promtool check config "$work/prometheus.yml"
 
 echo "promtool: dashboard expressions"
-python3 - deploy/grafana/pgcloak-security.json "$work/dashboard-rules.yml" <<'PY'
-import json, sys
-
-def exprs(node, out):
-    if isinstance(node, dict):
-        if node.get("type") == "datasource":
-            return
-        for key, value in node.items():
-            if key == "expr" and isinstance(value, str):
-                out.append(value)
-            elif key == "query" and isinstance(value, dict) and isinstance(value.get("query"), str):
-                out.append(value["query"])
-            else:
-                exprs(value, out)
-    elif isinstance(node, list):
-        for value in node:
-            exprs(value, out)
-
-found = []
-exprs(json.load(open(sys.argv[1])), found)
-if not found:
-    sys.exit("no expressions found in " + sys.argv[1])
-# Grafana fills these in before the query reaches Prometheus.
-fill = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "15s", "$instance": ".*", "$user": ".*"}
-rules = []
-for i, e in enumerate(found):
-    if e.startswith("label_values("):
-        # A Grafana function, not PromQL: check its series selector.
-        e = e[len("label_values("):].rsplit(",", 1)[0]
-    for k, v in sorted(fill.items(), key=lambda kv: -len(kv[0])):
-        e = e.replace(k, v)
-    if "$" in e:
-        sys.exit("unfilled Grafana variable in: " + e)
-    rules.append({"record": "pgcloak_dashboard:expr_%d" % i, "expr": e})
-with open(sys.argv[2], "w") as f:
-    json.dump({"groups": [{"name": "dashboard", "rules": rules}]}, f, indent=1)
-print("%d expressions" % len(rules))
-PY
+# The extraction and Grafana's variables: tests/integration/dashboard_exprs.py
+# (shared with the end-to-end test against a real Prometheus).
+python3 tests/integration/dashboard_exprs.py deploy/grafana/pgcloak-security.json "$work/dashboard-rules.yml"
 promtool check rules "$work/dashboard-rules.yml"
 echo "promtool: all checks passed"

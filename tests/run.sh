@@ -2,7 +2,8 @@
 # The whole test pipeline, as CI runs it (.ci/run execs this script):
 #   1. system packages          deploy/install-deps.sh
 #   2. Release build            build/ (Ninja, -DPGCLOAK_TESTS=ON)
-#   3. unit tests               ctest, then tests/lint.sh (clang-format, clang-tidy)
+#   3. unit tests               ctest, then tests/lint.sh (clang-format, clang-tidy),
+#                               then tests/promtool.sh (alert rules and dashboard PromQL)
 #   4. fuzz smoke               tests/fuzz/run.sh (when present)
 #   5. node-postgres deps       npm ci in tests/integration/node
 #   6. integration tests        pytest tests/integration (+ bench/smoke.sh when present)
@@ -48,6 +49,9 @@ ctest --test-dir "$BUILD_DIR" --output-on-failure -j2 --output-junit "$ROOT/$BUI
 
 banner "3b/6 static checks (clang-format, clang-tidy)"
 bash tests/lint.sh "$BUILD_DIR"
+
+banner "3c/6 alert rules and dashboard (promtool)"
+bash tests/promtool.sh
 
 banner "4/6 fuzz smoke"
 if [[ -f tests/fuzz/run.sh ]]; then

@@ -109,6 +109,13 @@ class Pgcloak:
         return make_conninfo(**params)
 
     @property
+    def metrics_url(self) -> str:
+        """Base URL of the metrics/console endpoint (no trailing slash)."""
+        m = self.config.get("metrics") or {}
+        scheme = "https" if m.get("tls") else "http"
+        return f"{scheme}://{m['listen']}"
+
+    @property
     def unix_socket_path(self) -> str:
         return os.path.join(self.config["unix_socket_dir"], f".s.PGSQL.{self.port}")
 
@@ -138,4 +145,7 @@ def default_config(cluster, certs, port: int | None = None) -> dict:
             "shutdown_grace": "5s",
         },
         "log": {"level": "info"},
+        # A free port per instance: tests run several pgcloaks at once, and
+        # the default 9930 would collide.
+        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
     }

@@ -18,9 +18,12 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+
+#include "proxy/base64.h"
 
 namespace pgcloak::proxy {
 namespace {
@@ -189,7 +192,15 @@ TEST_F(HttpEndpointTest, TheTokenIsRequiredExceptForHealthChecks) {
   auto none = request(get("/metrics"));
   ASSERT_TRUE(none);
   EXPECT_EQ(none->status, 401U);
-  EXPECT_EQ(none->headers[http::field::www_authenticate], "Bearer realm=\"pgcloak\"");
+  {
+    // Two challenges, each in a header of its own (browsers read only the
+    // first scheme of a combined one).
+    auto [b, e] = none->headers.equal_range(http::field::www_authenticate);
+    std::vector<std::string> challenges;
+    for (auto it = b; it != e; ++it) challenges.emplace_back(it->value());
+    EXPECT_EQ(challenges, (std::vector<std::string>{"Bearer realm=\"pgcloak\"",
+                                                    "Basic realm=\"pgcloak\", charset=\"UTF-8\""}));
+  }
   EXPECT_EQ(none->body.find("pgcloak_up"), std::string::npos);
 
   auto wrong = request(get("/metrics", "Authorization: Bearer " + std::string(token.size(), 'x') + "\r\n"));
@@ -200,7 +211,9 @@ TEST_F(HttpEndpointTest, TheTokenIsRequiredExceptForHealthChecks) {
   for (const std::string& bad :
        {"Authorization: Bearer " + token.substr(0, 31) + "\r\n",  // a prefix
         "Authorization: Bearer " + token + "0\r\n",               // longer
-        "Authorization: Basic " + token + "\r\n",                 // another scheme
+        "Authorization: Basic " + token + "\r\n",                 // Basic, but not base64 of user:password
+        "Authorization: Basic " + base64_encode("admin:" + token.substr(1)) + "\r\n",  // wrong password
+        "Authorization: Basic " + base64_encode(token) + "\r\n",                       // no user:password
         std::string("Authorization: Bearer\r\n"), "Authorization: Bearer" + token + "\r\n"}) {
     auto r = request(get("/metrics", bad));
     ASSERT_TRUE(r) << bad;
@@ -210,6 +223,10 @@ TEST_F(HttpEndpointTest, TheTokenIsRequiredExceptForHealthChecks) {
   auto lower = request(get("/metrics", "authorization: bearer   " + token + "  \r\n"));
   ASSERT_TRUE(lower);
   EXPECT_EQ(lower->status, 200U);
+  // Browsers send Basic credentials: any user name, the token as password.
+  auto basic = request(get("/metrics", "Authorization: Basic " + base64_encode("console:" + token) + "\r\n"));
+  ASSERT_TRUE(basic);
+  EXPECT_EQ(basic->status, 200U);
   // Without the token, unknown paths are 401 too: a 404 would reveal which
   // paths exist.
   auto unknown = request(get("/console"));

@@ -411,6 +411,33 @@ TEST_F(StatementAuditTest, ExplicitColumnsAndJoins) {
   EXPECT_EQ(a.relations, Strings{"public.customers"});
 }
 
+// What the metrics count rows and masked values by: the protected relations
+// read and, per protected column, its place in the relation.
+TEST_F(StatementAuditTest, ProtectedRelationsAndColumnReferences) {
+  auto a = audit("SELECT c.email, c.phone, o.amount FROM customers c JOIN orders o ON o.customer_id = c.id");
+  EXPECT_EQ(a.protected_relations, Strings{"public.customers"});
+  ASSERT_EQ(a.protected_refs.size(), 2U);
+  const auto* rp = protection_->by_name("customers").front();
+  for (const auto& [oid, column] : a.protected_refs) {
+    EXPECT_EQ(oid, rp->relation->oid);
+    ASSERT_LT(column, rp->columns.size());
+    EXPECT_TRUE(rp->columns[column].category.has_value());
+    const std::string name = rp->relation->columns[column].name;
+    EXPECT_TRUE(name == "email" || name == "phone") << name;
+  }
+  // Reading only unprotected columns of a protected table is not a
+  // protected read.
+  a = audit("SELECT id, created_at FROM customers");
+  EXPECT_TRUE(a.protected_relations.empty());
+  EXPECT_TRUE(a.protected_refs.empty());
+  a = audit("SELECT c.card_number, p.card_number FROM customers c JOIN payments p ON p.customer_id = c.id");
+  EXPECT_EQ(a.protected_relations.size(), 2U);
+  EXPECT_EQ(a.protected_refs.size(), 2U);
+  // Without a protection nothing is protected.
+  a = audit_statement("SELECT email FROM customers", 0, nullptr);
+  EXPECT_TRUE(a.protected_relations.empty());
+}
+
 TEST_F(StatementAuditTest, StarAndWholeRowExpandToEveryProtectedColumn) {
   EXPECT_EQ(audit("SELECT * FROM customers").protected_columns, all_customer_columns);
   EXPECT_EQ(audit("SELECT c.* FROM customers c JOIN orders o ON o.customer_id = c.id").protected_columns,
