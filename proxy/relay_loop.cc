@@ -727,18 +727,20 @@ void RelayConnection::client_query(Bytes frame, Buffer& out) {
   auto q = protocol::Query::decode(frame.subspan(5));
   if (!q) return poison(Expect::query, q.error(), nullptr, out);
   std::shared_ptr<AuditPending> pending;
-  if (recording()) pending = audit_pending(std::make_shared<const std::string>(q->sql), false);
+  // The text moves into the record's shared copy when there is one.
+  if (recording()) pending = audit_pending(std::make_shared<const std::string>(std::move(q->sql)), false);
+  const std::string& sql = pending ? *pending->sql : q->sql;
   if (audit_refusing()) {
     pending->rule = "audit-unavailable";
     return poison(Expect::query, audit_refusal(), std::move(pending), out);
   }
   if (!masked_) {
-    if (rules::may_change_catalog(q->sql)) note_ddl();
+    if (hooks_.catalog_changed && rules::may_change_catalog(sql)) note_ddl();
     out.insert(out.end(), frame.begin(), frame.end());
     expect_.push_back({Expect::query, {}, std::move(pending)});
     return;
   }
-  auto d = decide(q->sql);
+  auto d = decide(sql);
   // A refused statement never runs, so it cannot change the catalog (and
   // must not make a masked client able to keep the catalog loader busy).
   if (d->catalog_may_change && d->action != rules::StatementDecision::Action::refuse) note_ddl();
@@ -782,7 +784,7 @@ void RelayConnection::client_parse(Bytes frame, Buffer& out) {
     return poison(Expect::parse, audit_refusal(), std::move(pending), out, p->statement);
   }
   if (!masked_) {
-    if (rules::may_change_catalog(p->query)) note_ddl();
+    if (hooks_.catalog_changed && rules::may_change_catalog(p->query)) note_ddl();
     remember();
     out.insert(out.end(), frame.begin(), frame.end());
     expect_.push_back({Expect::parse, {}, std::move(pending)});
@@ -953,21 +955,27 @@ void RelayConnection::audit_statement_done(std::string_view tag, std::string_vie
   Expectation& head = expect_.front();
   AuditPending& p = *head.audit;
   switch (head.kind) {
-    case Expect::query:
+    case Expect::query: {
+      // Whether the Query string holds another statement after this one;
+      // asked before p's profile moves on (without the analysis, assume so).
+      const bool more = !p.profile || p.index + 1 < p.profile->statements_in_text;
       audit_emit(p, tag, sqlstate);
       // The next statement of the same Query string starts now.
       ++p.index;
       p.rows = 0;
       p.bytes = 0;
       p.start = Clock::now();
-      if (observe_ && p.sql) {
+      // Past the last statement there is nothing to analyse (and a lookup
+      // by index > 0 is keyed by the whole text: a parse per Query).
+      if (observe_ && p.sql && more) {
         p.profile =
             loop_.profiles_.get(*p.sql, p.index, observe_.protection ? observe_.protection() : nullptr);
-        // Past the last statement the index names none (parse_error): the
-        // session is idle until ReadyForQuery says so, not running "MISC".
         if (!p.profile->parse_error && !p.profile->empty) observe_start(p);
+      } else {
+        p.profile.reset();
       }
       break;
+    }
     case Expect::execute:
     case Expect::parse:
     case Expect::bind: audit_emit(p, tag, sqlstate); break;
@@ -1314,7 +1322,10 @@ bool RelayConnection::from_server(Bytes chunk) {
         last_server_type_ = type;
         if (type == be::ready_for_query) return protocol::FrameAction::hold;
         if (tracking) {
-          if (type == be::error_response || type == be::notice_response || type == be::row_description) {
+          // RowDescription only matters to the backstop, which only masked
+          // sessions have.
+          if (type == be::error_response || type == be::notice_response ||
+              (type == be::row_description && policy_.policy)) {
             return protocol::FrameAction::hold;
           }
           if (type == be::data_row && !backstop_.empty()) return protocol::FrameAction::hold;

@@ -556,13 +556,17 @@ class Walker {
     Scope* root = new_scope(nullptr);
     visit(&stmt->base, root);
     resolve_pending();
+    if (protection_ != nullptr) unfiltered_statement(stmt);
   }
 
   std::vector<std::string> relations;
   std::set<std::string> protected_columns;
   std::set<std::pair<uint32_t, uint32_t>> protected_refs;
-  bool modifies = false;       // an INSERT, UPDATE, DELETE or MERGE anywhere
-  bool user_function = false;  // a call of a function that is not built in
+  std::set<std::string> predicate_columns;
+  std::set<std::pair<uint32_t, uint32_t>> predicate_refs;
+  std::set<uint32_t> unfiltered;  // oids of relations read without a restriction
+  bool modifies = false;          // an INSERT, UPDATE, DELETE or MERGE anywhere
+  bool user_function = false;     // a call of a function that is not built in
 
  private:
   // A name a column reference can qualify: a relation, or something opaque
@@ -585,6 +589,7 @@ class Walker {
   struct PendingRef {
     Scope* scope;
     std::vector<std::string> fields;  // last empty = *
+    bool predicate = false;           // inside WHERE, JOIN ON, HAVING
   };
   // A column a statement writes (or COPY moves) in a known relation.
   struct PendingWrite {
@@ -607,7 +612,13 @@ class Walker {
 
   void children(const ProtobufCMessage* m, Scope* s, std::string_view skip_field = {}) {
     walk_children(m, [&](const ProtobufCMessage* c, std::string_view field) {
-      if (skip_field.empty() || field != skip_field) visit(c, s);
+      if (!skip_field.empty() && field == skip_field) return false;
+      // Everything below a condition can test values, subqueries included.
+      const bool predicate = field == "where_clause" || field == "having_clause" || field == "quals" ||
+                             field == "join_condition";
+      if (predicate) ++predicate_depth_;
+      visit(c, s);
+      if (predicate) --predicate_depth_;
       return false;
     });
   }
@@ -690,7 +701,7 @@ class Walker {
     if (is(m, pg_query__column_ref__descriptor)) {
       const auto* cr = reinterpret_cast<const PgQuery__ColumnRef*>(m);
       auto fields = string_list(cr->fields, cr->n_fields);
-      if (!fields.empty()) refs_.push_back({s, std::move(fields)});
+      if (!fields.empty()) refs_.push_back({s, std::move(fields), predicate_depth_ > 0});
       return;
     }
     if (is(m, pg_query__a__indirection__descriptor)) {
@@ -701,7 +712,7 @@ class Walker {
           ind->indirection[0]->node_case == PG_QUERY__NODE__NODE_STRING) {
         auto head = string_list(ind->arg->column_ref->fields, 1);
         if (!head[0].empty()) {
-          refs_.push_back({s, {head[0], ind->indirection[0]->string->sval}});
+          refs_.push_back({s, {head[0], ind->indirection[0]->string->sval}, predicate_depth_ > 0});
           for (size_t i = 1; i < ind->n_indirection; ++i) visit(&ind->indirection[i]->base, s);
           return;
         }
@@ -880,6 +891,12 @@ class Walker {
     // search by configured column finds every read of it.
     if (col.category) protected_columns.insert(column_name(col.source));
     for (const auto& [src, category] : col.derived_from) protected_columns.insert(column_name(src));
+    if (resolving_predicate_) {
+      predicate_columns.insert(rel.schema + "." + rel.name + "." + rel.columns[i].name);
+      predicate_refs.emplace(rel.oid, static_cast<uint32_t>(i));
+      if (col.category) predicate_columns.insert(column_name(col.source));
+      for (const auto& [src, category] : col.derived_from) predicate_columns.insert(column_name(src));
+    }
   }
 
   // Whether the relation has the column; protected ones are recorded.
@@ -946,6 +963,7 @@ class Walker {
     for (const auto& ref : refs_) {
       const auto& f = ref.fields;
       const bool star = f.back().empty();
+      resolving_predicate_ = ref.predicate && !star;
       if (star && f.size() == 1) {
         for (const auto& e : ref.scope->entries) add_all(e);
         continue;
@@ -966,6 +984,7 @@ class Walker {
         lookup_column(ref.scope, qualifier[0]);  // composite_column.field
       }
     }
+    resolving_predicate_ = false;
     for (const auto& w : writes_) {
       Entry e = entry_for(w.relation);
       if (!w.column) {
@@ -976,11 +995,131 @@ class Walker {
     }
   }
 
+  // --- Unfiltered reads (bulk-export shapes) ---------------------------------
+  // A separate walk over the FROM structure only: which relations have their
+  // rows returned with nothing restricting them. Over-reporting here raises
+  // false bulk-export alerts and under-reporting misses exports, so the rules
+  // are simple and stated: a WHERE or LIMIT on a query restricts everything
+  // in its FROM; an inner join's condition restricts both sides, a left
+  // join's the right side, a full join's neither; a subquery in FROM inherits
+  // its parent's restriction; a CTE reference reads the CTE's body.
+
+  struct CteEnv {
+    const CteEnv* parent = nullptr;
+    std::vector<std::pair<std::string, const PgQuery__Node*>> ctes;
+    bool recursive = false;
+  };
+  static constexpr int max_unfiltered_depth = 32;
+
+  void unfiltered_statement(const PgQuery__Node* n) {
+    switch (n->node_case) {
+      case PG_QUERY__NODE__NODE_SELECT_STMT: unfiltered_select(n->select_stmt, false, nullptr, 0); break;
+      case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
+        if (n->declare_cursor_stmt->query != nullptr) unfiltered_statement(n->declare_cursor_stmt->query);
+        break;
+      case PG_QUERY__NODE__NODE_PREPARE_STMT:
+        if (n->prepare_stmt->query != nullptr) unfiltered_statement(n->prepare_stmt->query);
+        break;
+      case PG_QUERY__NODE__NODE_COPY_STMT: {
+        const auto* c = n->copy_stmt;
+        if (c->is_from) break;
+        if (c->relation != nullptr) unfiltered_range_var(c->relation, false, nullptr, 0);
+        if (c->query != nullptr && c->query->node_case == PG_QUERY__NODE__NODE_SELECT_STMT)
+          unfiltered_select(c->query->select_stmt, false, nullptr, 0);
+        break;
+      }
+      default: break;
+    }
+  }
+
+  void unfiltered_select(const PgQuery__SelectStmt* s, bool filtered, const CteEnv* env, int depth) {
+    if (s == nullptr || depth > max_unfiltered_depth) return;
+    CteEnv local;
+    local.parent = env;
+    if (s->with_clause != nullptr) {
+      local.recursive = s->with_clause->recursive;
+      for (size_t i = 0; i < s->with_clause->n_ctes; ++i) {
+        const PgQuery__Node* c = s->with_clause->ctes[i];
+        if (c != nullptr && c->node_case == PG_QUERY__NODE__NODE_COMMON_TABLE_EXPR &&
+            c->common_table_expr->ctequery != nullptr) {
+          local.ctes.emplace_back(c->common_table_expr->ctename, c->common_table_expr->ctequery);
+        }
+      }
+      env = &local;
+    }
+    const bool limited = s->limit_count != nullptr;
+    if (s->op != PG_QUERY__SET_OPERATION__SETOP_NONE &&
+        s->op != PG_QUERY__SET_OPERATION__SET_OPERATION_UNDEFINED) {
+      unfiltered_select(s->larg, filtered || limited, env, depth + 1);
+      unfiltered_select(s->rarg, filtered || limited, env, depth + 1);
+      return;
+    }
+    const bool f = filtered || limited || s->where_clause != nullptr;
+    for (size_t i = 0; i < s->n_from_clause; ++i) unfiltered_from(s->from_clause[i], f, env, depth + 1);
+  }
+
+  void unfiltered_from(const PgQuery__Node* n, bool filtered, const CteEnv* env, int depth) {
+    if (n == nullptr || depth > max_unfiltered_depth) return;
+    switch (n->node_case) {
+      case PG_QUERY__NODE__NODE_RANGE_VAR: unfiltered_range_var(n->range_var, filtered, env, depth); break;
+      case PG_QUERY__NODE__NODE_RANGE_SUBSELECT:
+        if (n->range_subselect->subquery != nullptr &&
+            n->range_subselect->subquery->node_case == PG_QUERY__NODE__NODE_SELECT_STMT) {
+          unfiltered_select(n->range_subselect->subquery->select_stmt, filtered, env, depth + 1);
+        }
+        break;
+      case PG_QUERY__NODE__NODE_JOIN_EXPR: {
+        const auto* j = n->join_expr;
+        const bool cond = j->quals != nullptr || j->n_using_clause > 0 || j->is_natural;
+        bool left = filtered;
+        bool right = filtered;
+        switch (j->jointype) {
+          case PG_QUERY__JOIN_TYPE__JOIN_LEFT: right = right || cond; break;
+          case PG_QUERY__JOIN_TYPE__JOIN_RIGHT: left = left || cond; break;
+          case PG_QUERY__JOIN_TYPE__JOIN_FULL: break;
+          default:
+            left = left || cond;
+            right = right || cond;
+            break;
+        }
+        unfiltered_from(j->larg, left, env, depth + 1);
+        unfiltered_from(j->rarg, right, env, depth + 1);
+        break;
+      }
+      default: break;  // functions, VALUES, table samples: not a relation's rows
+    }
+  }
+
+  void unfiltered_range_var(const PgQuery__RangeVar* rv, bool filtered, const CteEnv* env, int depth) {
+    if (*rv->schemaname == '\0' && *rv->catalogname == '\0') {
+      for (const CteEnv* e = env; e != nullptr; e = e->parent) {
+        for (size_t i = 0; i < e->ctes.size(); ++i) {
+          if (e->ctes[i].first != rv->relname) continue;
+          // The body sees its parent's names and, without RECURSIVE, only
+          // the CTEs before it.
+          CteEnv body;
+          body.parent = e->parent;
+          body.recursive = e->recursive;
+          body.ctes.assign(e->ctes.begin(),
+                           e->recursive ? e->ctes.end() : e->ctes.begin() + static_cast<long>(i));
+          const PgQuery__Node* q = e->ctes[i].second;
+          if (q->node_case == PG_QUERY__NODE__NODE_SELECT_STMT)
+            unfiltered_select(q->select_stmt, filtered, &body, depth + 1);
+          return;
+        }
+      }
+    }
+    if (filtered) return;
+    for (const auto* r : candidates(rv->schemaname, rv->relname)) unfiltered.insert(r->oid);
+  }
+
   const Protection* protection_;
   const Catalog* catalog_;
   std::deque<Scope> scopes_;  // stable addresses
   std::vector<PendingRef> refs_;
   std::vector<PendingWrite> writes_;
+  int predicate_depth_ = 0;
+  bool resolving_predicate_ = false;
 };
 
 // The class: the command's own (fixed_commands, command_tag's cases), with
@@ -1053,6 +1192,7 @@ StatementAudit analyse(std::string_view sql, const ParsedText& parsed, unsigned 
     return a;
   }
   const PgQuery__ParseResult& result = parsed.tree->result();
+  a.statements_in_text = static_cast<unsigned>(result.n_stmts);
   if (result.n_stmts == 0) {
     a.empty = true;
     return a;
@@ -1102,6 +1242,19 @@ StatementAudit analyse(std::string_view sql, const ParsedText& parsed, unsigned 
       }
     }
   }
+  if (protection != nullptr) {
+    for (const auto& name : a.protected_relations) {
+      for (const uint32_t oid : w.unfiltered) {
+        const RelationProtection* rp = protection->find(oid);
+        if (rp != nullptr && rp->relation->schema + "." + rp->relation->name == name) {
+          a.unfiltered_relations.push_back(name);
+          break;
+        }
+      }
+    }
+  }
+  a.predicate_columns.assign(w.predicate_columns.begin(), w.predicate_columns.end());
+  a.predicate_refs.assign(w.predicate_refs.begin(), w.predicate_refs.end());
   if (node->node_case == PG_QUERY__NODE__NODE_COPY_STMT) {
     const auto* c = node->copy_stmt;
     CopyAudit copy;
@@ -1226,7 +1379,10 @@ size_t StatementAudit::bytes() const {
   for (const auto& r : relations) n += sizeof(std::string) + r.size();
   for (const auto& c : protected_columns) n += sizeof(std::string) + c.size();
   for (const auto& r : protected_relations) n += sizeof(std::string) + r.size();
+  for (const auto& r : unfiltered_relations) n += sizeof(std::string) + r.size();
+  for (const auto& c : predicate_columns) n += sizeof(std::string) + c.size();
   n += protected_refs.size() * sizeof(protected_refs[0]);
+  n += predicate_refs.size() * sizeof(predicate_refs[0]);
   if (copy) n += copy->endpoint.size();
   return n;
 }

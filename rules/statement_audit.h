@@ -64,12 +64,30 @@ struct StatementAudit {
   // relations ("schema.name") they belong to, sorted by oid.
   std::vector<std::pair<uint32_t, uint32_t>> protected_refs;
   std::vector<std::string> protected_relations;
+  // The protected relations (a subset of protected_relations, same order)
+  // whose rows the statement returns without anything restricting them: the
+  // query reading them has no WHERE and no LIMIT, no JOIN condition applies
+  // on their side, and no enclosing query filters them either (a full scan).
+  // COPY of a whole table counts; subqueries inside WHERE and rows that go
+  // into a table (INSERT ... SELECT, CREATE TABLE AS) do not, since they
+  // return nothing to the client. For bulk-export detection.
+  std::vector<std::string> unfiltered_relations;
+  // The protected columns referenced in WHERE, JOIN ... ON, HAVING (and
+  // MERGE's ON), subqueries there included, as in protected_columns and as
+  // (relation oid, column index): what can test a value the session may
+  // only see masked. A * there (EXISTS (SELECT * ...)) tests nothing and is
+  // not counted. For probing detection.
+  std::vector<std::string> predicate_columns;
+  std::vector<std::pair<uint32_t, uint32_t>> predicate_refs;
   std::optional<CopyAudit> copy;
   // The statement's bytes within the analysed text, for callers that seal
   // the original. length npos = to the end of the text (the last or only
   // statement, or a text that could not be split).
   size_t offset = 0;
   size_t length = std::string_view::npos;
+  // How many statements the whole text holds (0 when it does not parse):
+  // callers walking a multi-statement Query know when they are past the last.
+  unsigned statements_in_text = 0;
 
   // Rough heap footprint, for cache accounting.
   size_t bytes() const;
