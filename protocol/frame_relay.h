@@ -115,6 +115,11 @@ class FrameRelay {
 
   // True between frames.
   bool at_boundary() const { return skip_ == 0 && !holding_ && header_len_ == 0; }
+  // True when what went to `out` so far ends at a frame boundary: nothing
+  // of a held frame or of a header still being gathered is written before
+  // its frame is decided. Bytes appended to `out` now (outside feed) sit
+  // between frames.
+  bool output_at_boundary() const { return skip_ == 0; }
 
  private:
   uint32_t max_length_;

@@ -140,6 +140,7 @@ struct HttpEndpointState {
 
   std::mutex mu;  // everything below
   std::unordered_map<std::string, HttpHandler> routes;
+  std::unordered_map<std::string, HttpHandler> actions;
   std::unordered_map<uint64_t, std::function<void()>> closers;  // open connections
   uint64_t next_id = 0;
   bool stopped = false;
@@ -180,7 +181,13 @@ Reply dispatch(State& st, const Request& req, const std::string& who) {
         token = basic_password(it->value());
       }
     }
-    if (!token ||
+    bool is_action = false;
+    {
+      std::lock_guard lock(st.mu);
+      is_action = st.actions.count(std::string(path)) != 0;
+    }
+    const bool bearer = it != req.end() && bearer_token(it->value()).has_value();
+    if (!token || (is_action && !bearer) ||
         CRYPTO_memcmp(digest_of(*token).data(), st.token_digest.data(), st.token_digest.size()) != 0) {
       warn_unauthorized(who, path, it != req.end());
       Reply r = error_reply(401, "unauthorized: send Authorization: Bearer <token>", false);
@@ -196,7 +203,28 @@ Reply dispatch(State& st, const Request& req, const std::string& who) {
   }
 
   HttpHandler handler;
+  bool action = false;
   {
+    std::lock_guard lock(st.mu);
+    if (auto it = st.actions.find(std::string(path)); it != st.actions.end()) {
+      handler = it->second;
+      action = true;
+    }
+  }
+  const bool post = req.method() == http::verb::post;
+  if (action || post) {
+    if (!action) return error_reply(405, "method not allowed: use GET", false);
+    if (!post) {
+      Reply r = error_reply(405, "method not allowed: use POST", false);
+      r.headers.emplace_back("Allow", "POST");
+      return r;
+    }
+    if (!st.token_required) {
+      return error_reply(403, "forbidden: actions need a token (set metrics.token_file or metrics.token_env)",
+                         false);
+    }
+  }
+  if (!action) {
     std::lock_guard lock(st.mu);
     if (auto it = st.routes.find(std::string(path)); it != st.routes.end()) handler = it->second;
   }
@@ -226,7 +254,9 @@ awaitable<bool> write_reply(Stream& stream, const State& st, unsigned version, b
   res.set("X-Content-Type-Options", "nosniff");
   if (!r.www_authenticate.empty()) res.set(http::field::www_authenticate, r.www_authenticate);
   for (const auto& [name, value] : r.headers) res.insert(name, value);
-  if (r.status == 405) res.set(http::field::allow, "GET, HEAD");
+  const bool own_allow =
+      std::any_of(r.headers.begin(), r.headers.end(), [](const auto& h) { return h.first == "Allow"; });
+  if (r.status == 405 && !own_allow) res.set(http::field::allow, "GET, HEAD");
   res.keep_alive(keep_alive);
   if (head) {
     res.content_length(r.body.size());
@@ -326,7 +356,14 @@ awaitable<void> serve_stream(std::shared_ptr<State> st, std::shared_ptr<Stream> 
     error_code ec = hec;
     if (!ec) {
       const auto method = parser.get().method();
-      if (method != http::verb::get && method != http::verb::head) {
+      bool action = false;
+      if (method == http::verb::post) {
+        const std::string_view target = parser.get().target();
+        std::lock_guard lock(st->mu);
+        action = st->actions.count(std::string(target.substr(0, target.find('?')))) != 0;
+      }
+      // POST only to actions, whose (empty) body is bounded like any other.
+      if (method != http::verb::get && method != http::verb::head && !action) {
         // Its body is never read, so the connection cannot go on.
         co_await write_reply(*stream, *st, parser.get().version(), false,
                              error_reply(405, "method not allowed: use GET", true), false);
@@ -455,6 +492,11 @@ HttpEndpoint::HttpEndpoint(asio::io_context& ctx, HttpEndpointOptions options)
 
 HttpEndpoint::~HttpEndpoint() {
   stop();
+}
+
+void HttpEndpoint::add_action(std::string path, HttpHandler handler) {
+  std::lock_guard lock(state_->mu);
+  state_->actions[std::move(path)] = std::move(handler);
 }
 
 void HttpEndpoint::add_route(std::string path, HttpHandler handler) {

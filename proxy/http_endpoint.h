@@ -24,7 +24,7 @@
 namespace pgcloak::proxy {
 
 struct HttpRequest {
-  std::string_view method;  // "GET" or "HEAD"
+  std::string_view method;  // "GET" or "HEAD" (routes), "POST" (actions)
   std::string_view path;    // the target up to '?'
   std::string_view query;   // after '?', empty if none
 };
@@ -83,6 +83,13 @@ class HttpEndpoint {
 
   // Exact path match ("/metrics"). Register routes before start().
   void add_route(std::string path, HttpHandler handler);
+  // An action (POST with an empty body), e.g. lifting a block. Only with a
+  // token configured (403 otherwise: an action must never be open to
+  // anyone who can reach the port), and only with the Bearer scheme: a
+  // browser re-sends Basic credentials by itself, so a hostile page could
+  // make it POST here (cross-site request forgery); it never adds a bearer
+  // token on its own.
+  void add_action(std::string path, HttpHandler handler);
   // Binds and listens, then accepts on the io_context. Errors say which
   // address could not be used and why.
   Status start();

@@ -19,6 +19,7 @@
 #include "protocol/frame_relay.h"
 #include "protocol/frontend.h"
 #include "protocol/message_type.h"
+#include "proxy/alert_hub.h"
 #include "proxy/audit_log.h"
 #include "proxy/log.h"
 #include "rules/mask_value.h"
@@ -179,6 +180,14 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
     // What the metrics and the console need to know about the statement
     // (class, protected columns); null when not observed or unknown.
     std::shared_ptr<const rules::StatementAudit> profile;
+    // Exfiltration detection (docs/detection.md): what the statement reads,
+    // its streaming limits, the hash of its literal or parameter values,
+    // and, when an alert at its start says so, why it must not run.
+    rules::StatementFacts facts;
+    rules::StatementWatch watch;
+    bool detecting = false;  // facts name protected reads: end and limits are reported
+    uint64_t key = 0;
+    std::optional<Error> stop;
     uint32_t function_oid = 0;  // FunctionCall
     std::string sqlstate;       // FunctionCall: set when it failed
     Clock::time_point start = Clock::now();
@@ -199,6 +208,7 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
     std::string rule;
     std::string statement_name;
     std::shared_ptr<const rules::StatementAudit> profile;
+    uint64_t key = 0;  // hash of the Bind values (detection)
     std::optional<std::vector<std::optional<std::string>>> parameters;
   };
 
@@ -212,8 +222,17 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   void audit_emit(AuditPending& p, std::string_view tag, std::string_view sqlstate);
   // --- metrics and console (docs/metrics.md) ---
   void observe_start(AuditPending& p);
-  void observe_emit(const AuditPending& p, std::string_view sqlstate);
+  void observe_emit(AuditPending& p, std::string_view sqlstate);
   uint64_t masked_values(const rules::StatementAudit& profile, uint64_t rows);
+  // --- exfiltration detection (docs/detection.md) ---
+  // can_refuse: the statement has not been forwarded yet, so a stopping
+  // action refuses it instead of cancelling it.
+  void detect_start(AuditPending& p, bool can_refuse);
+  void detect_limit(AuditPending& p);
+  void detect_end(AuditPending& p);
+  void act_on(const std::vector<rules::Alert>& alerts, AuditPending* running, bool can_refuse);
+  void cut_statement(const Error& e);
+  void cancel_done();
   void audit_statement_done(std::string_view tag, std::string_view sqlstate);
   bool audit_refusing() const;
   Error audit_refusal() const;
@@ -276,6 +295,12 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   bool recording() const { return static_cast<bool>(audit_) || static_cast<bool>(observe_); }
   std::deque<Expectation> expect_;
   bool ddl_seen_ = false;  // DDL since the last idle ReadyForQuery
+  // Cancel action: the head statement's remaining rows are dropped and its
+  // end replaced by the rule's error; while the CancelRequest is on its way
+  // the client's next statements wait, so the cancel cannot hit them.
+  bool cutting_ = false;
+  bool cancel_in_flight_ = false;
+  std::optional<Error> terminate_later_;  // a stopping alert arrived mid-message
   // Second line of defence (issue: "RowDescription origins are checked"):
   // columns of the current result that PostgreSQL reports as coming
   // straight from a protected column this policy masks. The rewriter should
@@ -483,7 +508,8 @@ bool RelayConnection::pump() {
     int err = 0;
     // Client to PostgreSQL.
     const bool audit_blocked = audit_ && !audit_.fail_closed && !audit_.log->accepting();
-    if (!closing_ && !client_.dead && client_.readable && upstream_.pending() < out_cap && !audit_blocked) {
+    if (!closing_ && !client_.dead && client_.readable && upstream_.pending() < out_cap && !audit_blocked &&
+        !cancel_in_flight_) {
       size_t n = 0;
       switch (read(client_, rx, rx_size, n, err)) {
         case Io::ok:
@@ -500,7 +526,7 @@ bool RelayConnection::pump() {
       }
       if (closed_) return false;
     }
-    if (upstream_.pending() > 0 && upstream_.writable && !upstream_.dead) {
+    if (upstream_.pending() > 0 && upstream_.writable && !upstream_.dead && !cancel_in_flight_) {
       const size_t before = upstream_.pending();
       if (flush(upstream_, err) == Io::error) {
         upstream_gone(true, err);
@@ -565,6 +591,8 @@ void RelayConnection::refresh_policy() {
   masked_ = policy_.unavailable.has_value() || (policy_.policy && policy_.policy->masks_anything());
   if (observe_.live)
     observe_.live->set_policy(policy_.policy ? policy_.policy->policy().name : std::string());
+  if (observe_.detector != nullptr && observe_.refresh_identity)
+    observe_.identity = observe_.refresh_identity();
   if (audit_) {
     // Records name the policy in force when the statement ran.
     const std::string name = policy_.policy ? policy_.policy->policy().name : std::string();
@@ -734,6 +762,10 @@ void RelayConnection::client_query(Bytes frame, Buffer& out) {
     pending->rule = "audit-unavailable";
     return poison(Expect::query, audit_refusal(), std::move(pending), out);
   }
+  if (pending && pending->stop) {
+    const Error e = *pending->stop;
+    return poison(Expect::query, e, std::move(pending), out);
+  }
   if (!masked_) {
     if (hooks_.catalog_changed && rules::may_change_catalog(sql)) note_ddl();
     out.insert(out.end(), frame.begin(), frame.end());
@@ -830,6 +862,14 @@ void RelayConnection::client_bind(Bytes frame, Buffer& out) {
   AuditSource src;
   if (auto it = audit_statements_.find(b->statement); it != audit_statements_.end()) src = it->second;
   src.statement_name = b->statement;
+  if (observe_.detector != nullptr) {
+    uint64_t h = rules::detection_hash(b->statement);
+    for (const auto& v : b->parameters) {
+      h = v ? rules::detection_hash(std::string_view(reinterpret_cast<const char*>(v->data()), v->size()), h)
+            : rules::detection_hash("\xff", h);
+    }
+    src.key = h;
+  }
   if (audit_.log_parameters) {
     // Sealed by the audit writer, never written in the clear.
     std::vector<std::optional<std::string>> values;
@@ -849,6 +889,7 @@ void RelayConnection::client_bind(Bytes frame, Buffer& out) {
   pending->decision = src.decision;
   pending->rule = src.rule;
   pending->profile = src.profile;
+  pending->key = src.key;
   pending->parameters = src.parameters;
   audit_portals_[b->portal] = std::move(src);
   expect_.push_back({Expect::bind, {}, std::move(pending)});
@@ -865,9 +906,16 @@ void RelayConnection::client_execute(Bytes frame, Buffer& out) {
       pending->decision = it->second.decision;
       pending->rule = it->second.rule;
       pending->profile = it->second.profile;
+      pending->key = it->second.key;
       pending->parameters = it->second.parameters;
       observe_start(*pending);
+      detect_start(*pending, true);
     }
+  }
+  if (pending->stop) {
+    // Replaced by a Parse PostgreSQL rejects, as for an audit refusal.
+    const Error err = *pending->stop;
+    return poison(Expect::parse, err, std::move(pending), out, "pgcloak_refused");
   }
   if (audit_refusing()) {
     pending->rule = "audit-unavailable";
@@ -890,7 +938,13 @@ std::shared_ptr<RelayConnection::AuditPending> RelayConnection::audit_pending(
   if (observe_ && p->sql) {
     p->profile = loop_.profiles_.get(*p->sql, 0, observe_.protection ? observe_.protection() : nullptr);
     // Parse only prepares: the statement starts running at Execute.
-    if (!extended) observe_start(*p);
+    if (!extended) {
+      // The simple protocol's text carries its literals: its hash tells
+      // one lookup from the next (slow drip, probing).
+      if (observe_.detector != nullptr) p->key = rules::detection_hash(*p->sql);
+      observe_start(*p);
+      detect_start(*p, true);
+    }
   }
   return p;
 }
@@ -970,7 +1024,12 @@ void RelayConnection::audit_statement_done(std::string_view tag, std::string_vie
       if (observe_ && p.sql && more) {
         p.profile =
             loop_.profiles_.get(*p.sql, p.index, observe_.protection ? observe_.protection() : nullptr);
-        if (!p.profile->parse_error && !p.profile->empty) observe_start(p);
+        if (!p.profile->parse_error && !p.profile->empty) {
+          observe_start(p);
+          p.watch = {};
+          p.detecting = false;
+          detect_start(p, false);  // already with PostgreSQL: a stop cancels it
+        }
       } else {
         p.profile.reset();
       }
@@ -1029,7 +1088,129 @@ uint64_t RelayConnection::masked_values(const rules::StatementAudit& profile, ui
   return total;
 }
 
-void RelayConnection::observe_emit(const AuditPending& p, std::string_view sqlstate) {
+// --- exfiltration detection -----------------------------------------------------
+
+void RelayConnection::detect_start(AuditPending& p, bool can_refuse) {
+  rules::Detector* det = observe_.detector;
+  if (det == nullptr || !p.profile || p.profile->parse_error || p.profile->protected_refs.empty()) return;
+  auto protection = observe_.protection ? observe_.protection() : nullptr;
+  if (!protection) return;
+  p.facts = rules::statement_facts(*p.profile, *protection, policy_.policy.get());
+  if (p.facts.reads.empty()) return;
+  p.facts.key = p.key;
+  p.facts.shape = rules::fingerprint_value(p.profile->fingerprint);
+  p.detecting = true;
+  std::vector<rules::Alert> alerts;
+  p.watch = det->on_statement(*observe_.identity, p.facts, std::chrono::system_clock::now(), alerts);
+  if (!alerts.empty()) act_on(alerts, &p, can_refuse);
+}
+
+void RelayConnection::detect_limit(AuditPending& p) {
+  rules::Detector* det = observe_.detector;
+  if (det == nullptr) return;
+  auto alerts = det->limit_alert(*observe_.identity, p.facts, p.watch, p.rows, p.bytes,
+                                 std::chrono::system_clock::now());
+  if (!alerts.empty()) act_on(alerts, &p, false);
+}
+
+void RelayConnection::detect_end(AuditPending& p) {
+  rules::Detector* det = observe_.detector;
+  if (det == nullptr) return;
+  std::vector<rules::Alert> alerts;
+  const auto now = std::chrono::system_clock::now();
+  if (p.decision == "denied") {
+    alerts = det->on_denial(*observe_.identity, p.rule, now);
+  } else if (p.detecting) {
+    det->on_statement_end(*observe_.identity, p.facts, p.watch, p.rows, p.bytes, now, alerts);
+  }
+  p.detecting = false;
+  if (!alerts.empty()) act_on(alerts, nullptr, false);
+}
+
+// Every alert goes to the hub; the strongest action among them is taken.
+void RelayConnection::act_on(const std::vector<rules::Alert>& alerts, AuditPending* running,
+                             bool can_refuse) {
+  const rules::Alert* strongest = nullptr;
+  for (const auto& a : alerts) {
+    if (observe_.alerts != nullptr) observe_.alerts->raise(a, audit_.session);
+    if (strongest == nullptr || static_cast<int>(a.action) > static_cast<int>(strongest->action))
+      strongest = &a;
+  }
+  if (strongest == nullptr || strongest->action == rules::AlertAction::alert) return;
+  const rules::Alert& a = *strongest;
+  const std::string why =
+      "rule \"" + a.rule + "\" (" + a.detector + ")" + (a.message.empty() ? std::string() : ": " + a.message);
+  const std::string hint =
+      "pgcloak watches reads of protected data for possible exfiltration. If this was legitimate work, "
+      "ask your administrator to adjust the rule.";
+  if (a.action == rules::AlertAction::cancel) {
+    Error e = Error::make(sqlstate::query_canceled, "pgcloak cancelled this statement: " + why,
+                          Severity::error, hint);
+    if (running != nullptr && can_refuse) {
+      running->stop = e;
+      running->rule = a.rule;
+    } else if (running != nullptr) {
+      running->rule = a.rule;
+      cut_statement(e);
+    }
+    return;
+  }
+  // terminate and block end the session (block also refuses new logins:
+  // the detector keeps the block).
+  std::string what = a.action == rules::AlertAction::block
+                         ? "pgcloak ended this session and blocks new logins of \"" + a.user + "\" for " +
+                               std::to_string(a.block_for.count() / 60) + " minutes: " + why
+                         : "pgcloak ended this session: " + why;
+  Error e = Error::make(sqlstate::admin_shutdown, std::move(what), Severity::fatal, hint);
+  if (running != nullptr) {
+    running->rule = a.rule;
+    if (can_refuse) running->stop = e;
+  }
+  if (running != nullptr && !can_refuse) {
+    // Rows are streaming, and this runs while a chunk from PostgreSQL is
+    // being relayed (earlier messages of it are not in the client's buffer
+    // yet): no more rows go out, and the error follows once the chunk is
+    // done (from_server).
+    cutting_ = true;
+    terminate_later_ = e;
+  } else if (server_frames_.output_at_boundary()) {
+    terminate_with(e);
+  } else {
+    // PostgreSQL's output stops mid-message in the client's buffer: the
+    // error waits for the end of that message (from_server).
+    terminate_later_ = e;
+  }
+}
+
+// The cancel action on the statement whose rows are streaming (the head of
+// expect_): no more of its rows reach the client, PostgreSQL is asked to
+// cancel it, and its end (PostgreSQL's 57014, or a CommandComplete that
+// beat the cancel) becomes the rule's error.
+void RelayConnection::cut_statement(const Error& e) {
+  if (cutting_ || expect_.empty()) return;
+  cutting_ = true;
+  expect_.front().refusal = e;
+  if (observe_.cancel_upstream && !cancel_in_flight_) {
+    cancel_in_flight_ = true;
+    std::weak_ptr<RelayConnection> self = weak_from_this();
+    RelayLoop* loop = &loop_;
+    observe_.cancel_upstream([self, loop] {
+      loop->post([self] {
+        if (auto c = self.lock()) {
+          c->cancel_done();
+          c->pump();
+        }
+      });
+    });
+  }
+}
+
+void RelayConnection::cancel_done() {
+  cancel_in_flight_ = false;
+}
+
+void RelayConnection::observe_emit(AuditPending& p, std::string_view sqlstate) {
+  detect_end(p);
   const rules::StatementAudit* prof = p.profile && !p.profile->parse_error ? p.profile.get() : nullptr;
   const auto cls = prof != nullptr       ? prof->audit_class
                    : p.function_oid != 0 ? rules::AuditClass::function
@@ -1082,6 +1263,8 @@ void RelayConnection::on_server_header(uint8_t type, uint32_t length) {
       ++a->rows;
       // A plain store: only this thread writes it.
       if (observe_.live) observe_.live->current_rows.store(a->rows, std::memory_order_relaxed);
+      // The per-statement limits, while rows stream: two compares a row.
+      if (a->watch.armed() && a->watch.exceeded(a->rows, a->bytes)) detect_limit(*a);
     }
   }
   switch (type) {
@@ -1116,7 +1299,7 @@ void RelayConnection::on_server_header(uint8_t type, uint32_t length) {
         observe_.live->current_class.store(-1, std::memory_order_relaxed);
       if (head == Expect::query || head == Expect::sync || head == Expect::function_call) {
         if (head == Expect::function_call && expect_.front().audit && observe_) {
-          const AuditPending& p = *expect_.front().audit;
+          AuditPending& p = *expect_.front().audit;
           observe_emit(p, p.sqlstate);
         }
         if (head == Expect::function_call && expect_.front().audit && audit_) {
@@ -1208,7 +1391,9 @@ void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
     return;
   }
   if (type == be::data_row) {
-    on_server_header(type, static_cast<uint32_t>(frame.size() - 1));
+    // Counted in the header callback unless held for the backstop.
+    if (!cutting_ || !backstop_.empty()) on_server_header(type, static_cast<uint32_t>(frame.size() - 1));
+    if (cutting_) return;  // the cancel action: not one more row
     if (backstop_.empty()) {
       out.insert(out.end(), frame.begin(), frame.end());
     } else {
@@ -1218,6 +1403,7 @@ void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
   }
   if (type == be::ready_for_query) {
     backstop_.clear();
+    cutting_ = false;
     if (body.size() == 1) {
       transaction_status_ = body[0];
       if (pending_ready_ > 0) --pending_ready_;
@@ -1234,6 +1420,17 @@ void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
     return;
   }
   if (type == be::command_complete) {
+    if (cutting_ && !expect_.empty() && expect_.front().refusal) {
+      // The statement finished before the cancel reached it: the client
+      // still gets the rule's error, not the tag of a partial result.
+      cutting_ = false;
+      const Error e = *expect_.front().refusal;
+      expect_.front().refusal.reset();
+      if (expect_.front().audit) audit_statement_done("", sqlstate::query_canceled);
+      on_server_header(type, 0);
+      protocol::ErrorResponse::from_error(e).encode(out);
+      return;
+    }
     // Held only when audited: the tag ends the head statement's record.
     if (!expect_.empty() && expect_.front().audit) {
       expect_.front().audit->bytes += frame.size();
@@ -1245,6 +1442,7 @@ void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
     return;
   }
   if (type == be::error_response && !expect_.empty()) {
+    cutting_ = false;  // a cut statement ends here (57014 from the cancel)
     if (expect_.front().audit) {
       std::string code;
       if (expect_.front().refusal) {
@@ -1329,8 +1527,11 @@ bool RelayConnection::from_server(Bytes chunk) {
             return protocol::FrameAction::hold;
           }
           if (type == be::data_row && !backstop_.empty()) return protocol::FrameAction::hold;
-          if (type == be::command_complete && recording()) return protocol::FrameAction::hold;
+          if (type == be::command_complete && (recording() || cutting_)) return protocol::FrameAction::hold;
           on_server_header(type, length);
+          // A cut statement's rows (from the one that crossed the limit on)
+          // are held here and dropped in server_frame.
+          if (type == be::data_row && cutting_) return protocol::FrameAction::hold;
         }
         return protocol::FrameAction::pass;
       },
@@ -1349,6 +1550,12 @@ bool RelayConnection::from_server(Bytes chunk) {
     return false;
   }
   server_at_ready_ = ended_ready && server_frames_.at_boundary();
+  if (terminate_later_ && server_frames_.output_at_boundary()) {
+    const Error e = *terminate_later_;
+    terminate_later_.reset();
+    terminate_with(e);
+    return false;
+  }
   if (draining_ && idle() && transaction_status_ == 'I') {
     terminate_with(Error::make(sqlstate::admin_shutdown,
                                "terminating connection because pgcloak is shutting down", Severity::fatal,

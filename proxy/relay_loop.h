@@ -35,6 +35,7 @@
 #include "proxy/metrics.h"
 #include "proxy/stream.h"
 #include "rules/decision_cache.h"
+#include "rules/detection.h"
 #include "rules/session_policy.h"
 
 namespace pgcloak::proxy {
@@ -82,7 +83,19 @@ struct ObserveHooks {
   // The protection in force (null = nothing protected): which relations
   // and columns a statement reads, for rows by protected relation.
   std::function<std::shared_ptr<const rules::Protection>()> protection;
-  explicit operator bool() const { return static_cast<bool>(metrics) || live != nullptr; }
+  // Exfiltration detection (docs/detection.md); null = off.
+  rules::Detector* detector = nullptr;
+  std::shared_ptr<const rules::DetectIdentity> identity;
+  // Rebuilds identity (its groups) from the catalog in force; called when
+  // the policy generation moves (a catalog refresh, a reload).
+  std::function<std::shared_ptr<const rules::DetectIdentity>()> refresh_identity;
+  class AlertHub* alerts = nullptr;
+  // Sends PostgreSQL a CancelRequest for this session's backend (the cancel
+  // action), then calls done on any thread. Set with detector.
+  std::function<void(std::function<void()> done)> cancel_upstream;
+  explicit operator bool() const {
+    return static_cast<bool>(metrics) || live != nullptr || detector != nullptr;
+  }
 };
 
 // Everything a session hands over when it starts relaying.

@@ -4,10 +4,15 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include "protocol/backend.h"
+#include "proxy/alert_hub.h"
+#include "proxy/alert_webhook.h"
 #include "proxy/audit_analyzer.h"
+#include "proxy/audit_chain.h"
 #include "proxy/audit_seal.h"
 #include "proxy/audit_syslog.h"
 #include "proxy/console_assets.h"
@@ -135,6 +140,9 @@ Status Server::start() {
   }
   if (cfg.metrics.enabled) {
     if (auto st = open_metrics(); !st) return st;
+  }
+  if (cfg.detection.enabled) {
+    if (auto st = open_detection(); !st) return st;
   }
   if (cfg.auth.mode == rules::AuthMode::scram) {
     PgSideParams side = PgSideParams::catalog(cfg, "");
@@ -293,6 +301,88 @@ Status Server::open_metrics() {
   return ok_status();
 }
 
+Status Server::open_detection() {
+  const auto& d = state_.config->detection;
+  if (!state_.policies || !state_.policies->enabled()) {
+    log::warn(
+        "detection: no protected columns are configured (masking.protected_columns), so no rule can "
+        "see protected data; the detection rules are loaded but idle");
+  }
+  state_.detector = std::make_unique<rules::Detector>(
+      std::make_shared<const rules::DetectionConfig>(state_.config->detection));
+  if (!d.state_file.empty() && std::filesystem::exists(d.state_file)) {
+    std::ifstream in(d.state_file);
+    nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+    Status st = j.is_discarded() ? Status(Error::make(sqlstate::config_file_error, "not valid JSON"))
+                                 : state_.detector->load_state(j);
+    if (!st) {
+      // Learned baselines are worth keeping, but not worth refusing to
+      // start over: detection starts learning again, and says so.
+      log::warn("detection: ignoring the state in " + d.state_file + " (" + st.error().message +
+                "); baselines and first-access history start empty");
+    } else {
+      log::info("detection: state loaded from " + d.state_file);
+    }
+  }
+  if (d.webhook.enabled()) {
+    WebhookOptions o;
+    o.url = d.webhook.url;
+    o.slack = d.webhook.slack;
+    o.ca_file = d.webhook.ca_file;
+    o.bearer_token = d.webhook.token;
+    o.timeout = d.webhook.timeout;
+    o.queue_limit = d.webhook.queue_limit;
+    auto w = AlertWebhook::start(std::move(o));
+    if (!w) return std::move(w).error();
+    state_.webhook = std::move(w).value();
+  }
+  state_.alerts = std::make_unique<AlertHub>(
+      AlertHubSinks{state_.metrics.get(), state_.console.get(), state_.audit.get(), state_.webhook.get()});
+  log::info("detection: " + std::to_string(d.rules.size()) + " rules" +
+            (state_.webhook ? ", alerts to the webhook " + state_.webhook->describe() : std::string()) +
+            (state_.audit ? ", the audit trail" : std::string()) + " and the log" +
+            (d.state_file.empty() ? std::string("; state in memory only") : "; state in " + d.state_file));
+  return ok_status();
+}
+
+// Atomically: a crash while writing leaves the previous state.
+void Server::save_detection_state() {
+  const auto& path = state_.config->detection.state_file;
+  if (!state_.detector || path.empty()) return;
+  // The periodic save (blocking pool) and a lifted block (HTTP thread)
+  // share the temporary file.
+  std::lock_guard lock(detection_save_mu_);
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << state_.detector->save_state(std::chrono::system_clock::now()).dump();
+    out.flush();
+    if (!out) {
+      log::warn("detection: cannot write " + tmp + "; the state is saved at the next interval");
+      return;
+    }
+  }
+  ::chmod(tmp.c_str(), 0600);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    log::warn("detection: cannot replace " + path + ": " + std::strerror(errno));
+  }
+}
+
+awaitable<void> Server::save_detection_state_periodically() {
+  asio::steady_timer t(co_await asio::this_coro::executor);
+  for (;;) {
+    t.expires_after(state_.config->detection.save_interval);
+    if (auto [ec] = co_await t.async_wait(use_nothrow); ec) co_return;
+    if (state_.draining.load()) co_return;
+    // Serialising walks every user's state under its shard lock: off the io
+    // threads, on the blocking pool.
+    co_await run_blocking(*state_.blocking, [this] {
+      save_detection_state();
+      return 0;
+    });
+  }
+}
+
 // Why pgcloak should not get new connections right now, or "" when it
 // should (docs/metrics.md, "/readyz").
 std::string Server::not_ready_reason() const {
@@ -342,6 +432,54 @@ void Server::add_http_routes() {
       return r;
     });
   }
+  // Blocks set by the detection's block action: listed, and lifted by an
+  // administrator (POST with the bearer token; see HttpEndpoint::add_action).
+  http_->add_route("/api/blocks", [this](const HttpRequest&) {
+    nlohmann::json list = nlohmann::json::array();
+    if (state_.detector) {
+      for (const auto& [user, until] : state_.detector->blocks(std::chrono::system_clock::now())) {
+        list.push_back({{"user", user}, {"until", format_audit_ts(until)}});
+      }
+    }
+    HttpResponse r;
+    r.content_type = "application/json";
+    r.body = nlohmann::json{{"blocks", std::move(list)}}.dump(-1, ' ', false,
+                                                              nlohmann::json::error_handler_t::replace);
+    return r;
+  });
+  http_->add_action("/api/blocks/lift", [this](const HttpRequest& req) {
+    std::string user;
+    // ?user=<name>, percent-encoded.
+    for (std::string_view q = req.query; !q.empty();) {
+      const std::string_view part = q.substr(0, q.find('&'));
+      q.remove_prefix(std::min(q.size(), part.size() + 1));
+      if (part.rfind("user=", 0) != 0) continue;
+      const std::string_view v = part.substr(5);
+      for (size_t i = 0; i < v.size(); ++i) {
+        if (v[i] == '%' && i + 2 < v.size() && std::isxdigit(static_cast<unsigned char>(v[i + 1])) != 0 &&
+            std::isxdigit(static_cast<unsigned char>(v[i + 2])) != 0) {
+          user += static_cast<char>(std::stoi(std::string(v.substr(i + 1, 2)), nullptr, 16));
+          i += 2;
+        } else {
+          user += v[i] == '+' ? ' ' : v[i];
+        }
+      }
+    }
+    if (user.empty())
+      return HttpResponse{400, "text/plain; charset=utf-8", "name the user: ?user=<login>\n", {}};
+    if (!state_.detector || !state_.detector->unblock(user, std::chrono::system_clock::now())) {
+      return HttpResponse{404, "text/plain; charset=utf-8", "no block in force for that user\n", {}};
+    }
+    log::warn("detection: the block of user \"" + user + "\" was lifted by an administrator (HTTP)");
+    if (state_.audit) {
+      AuditEvent ev;
+      ev.kind = "block_lifted";
+      ev.detail = {{"user", user}, {"by", "http"}};
+      state_.audit->submit(std::move(ev));
+    }
+    save_detection_state();
+    return HttpResponse{200, "text/plain; charset=utf-8", "lifted\n", {}};
+  });
   http_->add_route("/api/console", [this](const HttpRequest&) {
     ConsoleState::Status st;
     st.version = PGCLOAK_VERSION;
@@ -418,6 +556,9 @@ int Server::run() {
   if (state_.policies->enabled()) {
     asio::co_spawn(main_ctx, catalog_refresher(*state_.policies, *state_.blocking), asio::detached);
   }
+  if (state_.detector && !state_.config->detection.state_file.empty()) {
+    asio::co_spawn(main_ctx, save_detection_state_periodically(), asio::detached);
+  }
 
   if (http_) {
     asio::co_spawn(*http_ctx_, probe_upstream(), asio::detached);
@@ -436,6 +577,10 @@ int Server::run() {
   // are not resumed, as the io threads have stopped.
   state_.blocking->join();
   state_.relays.stop();
+  // Learned baselines survive the restart; undelivered webhook alerts get
+  // a few seconds (they are in the audit trail either way).
+  save_detection_state();
+  if (state_.webhook) state_.webhook->stop(std::chrono::seconds(5));
   // After the relays: their sessions' last records (disconnects) are in.
   if (state_.audit) state_.audit->close();
   return exit_code_;

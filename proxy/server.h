@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -42,6 +43,11 @@ class Server {
   awaitable<void> probe_upstream();
   void stop_http();
   void note_reload(std::string_view result, const std::string& reason);
+  // Exfiltration detection (docs/detection.md): the detector with its saved
+  // state, the alert sinks, and the state saved every save_interval.
+  Status open_detection();
+  awaitable<void> save_detection_state_periodically();
+  void save_detection_state();
   awaitable<void> shutdown();
   void start_session(std::unique_ptr<class Stream> stream, asio::io_context& ctx);
   asio::io_context& next_worker();
@@ -58,6 +64,7 @@ class Server {
   std::unique_ptr<asio::io_context> http_ctx_;
   std::unique_ptr<class HttpEndpoint> http_;
   std::thread http_thread_;
+  std::mutex detection_save_mu_;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   size_t next_worker_ = 0;
   int exit_code_ = 0;

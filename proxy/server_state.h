@@ -20,6 +20,7 @@
 #include "proxy/policy_store.h"
 #include "proxy/relay_loop.h"
 #include "rules/config.h"
+#include "rules/detection.h"
 
 namespace pgcloak::proxy {
 
@@ -76,6 +77,11 @@ struct ServerState {
   std::unique_ptr<Metrics> metrics;
   std::unique_ptr<ConsoleState> console;
   UpstreamHealth upstream_health;
+  // Exfiltration detection (null when detection is off) and where its
+  // alerts go.
+  std::unique_ptr<rules::Detector> detector;
+  std::unique_ptr<class AlertWebhook> webhook;
+  std::unique_ptr<class AlertHub> alerts;
   // Blocking calls (libpq) run here, off the io threads (run_blocking.h).
   // Declared last so it is joined before what its calls use goes away.
   std::unique_ptr<asio::thread_pool> blocking;

@@ -6,10 +6,54 @@
 #include "protocol/backend.h"
 #include "protocol/frontend.h"
 #include "protocol/message_type.h"
+#include "proxy/alert_hub.h"
+#include "proxy/audit_chain.h"
 #include "proxy/log.h"
 #include "proxy/upstream.h"
 
 namespace pgcloak::proxy {
+
+namespace {
+
+// Who a session is for the detection rules: the login plus the groups the
+// rules name that it belongs to (nested groups included, from the catalog
+// in force), and the client's address without the port.
+std::shared_ptr<const rules::DetectIdentity> make_detect_identity(const std::string& user,
+                                                                  const std::string& client_address,
+                                                                  const std::string& application_name,
+                                                                  uint64_t session_id, PolicyStore* store,
+                                                                  const rules::Detector& detector) {
+  auto who = std::make_shared<rules::DetectIdentity>();
+  who->user = user;
+  who->roles.push_back(user);
+  std::shared_ptr<const rules::Protection> protection =
+      store != nullptr && store->enabled() ? store->protection() : nullptr;
+  if (protection) {
+    std::vector<std::string> named;
+    for (const auto& r : detector.config()->rules) {
+      named.insert(named.end(), r.roles.begin(), r.roles.end());
+      named.insert(named.end(), r.exclude_roles.begin(), r.exclude_roles.end());
+    }
+    std::sort(named.begin(), named.end());
+    named.erase(std::unique(named.begin(), named.end()), named.end());
+    for (const auto& g : named) {
+      if (g != user && protection->catalog().is_member(user, g)) who->roles.push_back(g);
+    }
+  }
+  std::string ip = client_address;
+  if (!ip.empty() && ip.front() == '[') {
+    ip = ip.substr(1, ip.find(']') - 1);
+  } else if (auto colon = ip.rfind(':'); colon != std::string::npos && ip.find(':') == colon) {
+    ip.resize(colon);
+  }
+  if (ip == "unix") ip.clear();
+  who->client_ip = std::move(ip);
+  who->application_name = application_name;
+  who->session_id = session_id;
+  return who;
+}
+
+}  // namespace
 
 namespace {
 
@@ -609,13 +653,16 @@ awaitable<bool> Session::relay_session_setup() {
           co_await send_error(rfq.error());
           co_return false;
         }
-        queue_to_client(upstream_in_.view().first(size));
-        upstream_in_.consume(size);
         identity_.authenticated = true;
         if (auto it = identity_.server_parameters.find("application_name");
             it != identity_.server_parameters.end()) {
           identity_.application_name = it->second;
         }
+        // Before the client hears ReadyForQuery: a blocked user never gets a
+        // usable session.
+        if (!co_await detection_admits()) co_return false;
+        queue_to_client(upstream_in_.view().first(size));
+        upstream_in_.consume(size);
         log::info("session ready: user=" + identity_.user + " database=" + identity_.database +
                       " application_name=\"" + identity_.application_name +
                       "\" client=" + identity_.client_address +
@@ -766,6 +813,39 @@ awaitable<void> Session::relay() {
       return store != nullptr && store->enabled() ? store->protection() : nullptr;
     };
   }
+  if (server_.detector && detect_identity_) {
+    start.observe.detector = server_.detector.get();
+    start.observe.identity = detect_identity_;
+    start.observe.refresh_identity = [user = identity_.user, client = identity_.client_address,
+                                      app = identity_.application_name, id = id_,
+                                      store = server_.policies.get(), det = server_.detector.get()] {
+      return make_detect_identity(user, client, app, id, store, *det);
+    };
+    start.observe.alerts = server_.alerts.get();
+    if (!start.observe.protection) {
+      PolicyStore* store = server_.policies.get();
+      start.observe.protection = [store]() -> std::shared_ptr<const rules::Protection> {
+        return store != nullptr && store->enabled() ? store->protection() : nullptr;
+      };
+    }
+    std::weak_ptr<Session> weak = weak_from_this();
+    start.observe.cancel_upstream = [weak, ex = executor_](std::function<void()> done) {
+      asio::post(ex, [weak, done = std::move(done)]() mutable {
+        auto self = weak.lock();
+        if (!self) {
+          done();
+          return;
+        }
+        // The coroutine holds the session alive until it is done.
+        asio::co_spawn(
+            self->executor_,
+            [self, done = std::move(done)]() mutable -> awaitable<void> {
+              co_await self->cancel_upstream_for_detection(std::move(done));
+            },
+            asio::detached);
+      });
+    };
+  }
   if (server_.console) {
     live = std::make_shared<LiveSession>();
     live->id = id_;
@@ -784,9 +864,86 @@ awaitable<void> Session::relay() {
   relay_ = server_.relays.pick().adopt(std::move(start));
   while (!done->done) co_await done->timer.async_wait(use_nothrow);
   if (live) server_.console->close_session(id_);
+  if (server_.detector && detect_identity_) server_.detector->on_disconnect(*detect_identity_);
   phase_ = Phase::closing;
   closing_ = true;
   log::info("session closed: user=" + identity_.user + " client=" + identity_.client_address, id_);
+}
+
+awaitable<bool> Session::detection_admits() {
+  if (!server_.detector) co_return true;
+  auto who = make_detect_identity(identity_.user, identity_.client_address, identity_.application_name, id_,
+                                  server_.policies.get(), *server_.detector);
+  detect_identity_ = who;
+
+  const auto now = std::chrono::system_clock::now();
+  if (auto until = server_.detector->blocked_until(identity_.user, now)) {
+    const auto minutes = std::chrono::ceil<std::chrono::minutes>(*until - now).count();
+    log::warn("refusing login of blocked user \"" + identity_.user + "\" (" + std::to_string(minutes) +
+                  " more minutes)",
+              id_);
+    audit_event("denial", {{"rule", "detection:blocked"}, {"blocked_until", format_audit_ts(*until)}});
+    if (server_.metrics) server_.metrics->on_denial("detection:blocked");
+    co_await send_error(
+        Error::make(sqlstate::insufficient_privilege,
+                    "pgcloak: user \"" + identity_.user + "\" is blocked for another " +
+                        std::to_string(minutes) + " minutes after a possible data exfiltration alert",
+                    Severity::fatal,
+                    "An administrator can lift it: POST /api/blocks/lift?user=" + identity_.user +
+                        " on pgcloak's metrics endpoint, with its token (docs/detection.md)."));
+    co_return false;
+  }
+  auto alerts = server_.detector->on_connect(*who, now);
+  const rules::Alert* strongest = nullptr;
+  for (const auto& a : alerts) {
+    if (server_.alerts) server_.alerts->raise(a, audit_session());
+    if (strongest == nullptr || static_cast<int>(a.action) > static_cast<int>(strongest->action))
+      strongest = &a;
+  }
+  if (strongest != nullptr && strongest->action != rules::AlertAction::alert) {
+    co_await send_error(Error::make(sqlstate::insufficient_privilege,
+                                    "pgcloak refused this login: rule \"" + strongest->rule + "\" (" +
+                                        strongest->detector + "): " + strongest->message,
+                                    Severity::fatal,
+                                    "pgcloak watches service accounts for use from new places. If this is "
+                                    "legitimate, ask your administrator to adjust the rule."));
+    co_return false;
+  }
+  co_return true;
+}
+
+awaitable<void> Session::cancel_upstream_for_detection(std::function<void()> done) {
+  // Whatever happens, the relay must be told: it holds the client's next
+  // statements until then.
+  struct Done {
+    std::function<void()> f;
+    ~Done() {
+      if (f) f();
+    }
+  } guard{std::move(done)};
+  auto conn = co_await connect_upstream(config_->upstream, server_.upstream_tls.get());
+  if (!conn) {
+    log::warn("cancel action: cannot reach PostgreSQL: " + conn.error().message, id_);
+    co_return;
+  }
+  Buffer b;
+  protocol::CancelRequest{upstream_key_.process_id, upstream_key_.secret_key}.encode(b);
+  auto& up = **conn;
+  auto [ec, n] = co_await up.write(asio::buffer(b));
+  if (ec) {
+    log::warn("cancel action: cannot send the CancelRequest: " + ec.message(), id_);
+    co_return;
+  }
+  // PostgreSQL signals the backend, then closes the connection: once it is
+  // closed the signal has been sent, and the client's next statement can go.
+  Deadline wait(executor_);
+  wait.arm(std::chrono::seconds(5), [&up] { up.close(); });
+  std::array<uint8_t, 64> sink{};
+  for (int i = 0; i < 16; ++i) {
+    auto [rec, rn] = co_await up.read_some(asio::buffer(sink));
+    if (rec) break;
+  }
+  log::info("cancel action: CancelRequest delivered to PostgreSQL", id_);
 }
 
 awaitable<void> Session::close_client_gracefully() {

@@ -87,6 +87,12 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<bool> lost_upstream();
   // After AuthenticationOk: ParameterStatus, BackendKeyData, ReadyForQuery.
   awaitable<bool> relay_session_setup();
+  // After authentication (docs/detection.md): a blocked user is refused,
+  // and the login is checked against service-account rules. False = the
+  // client has been told why and the session ends.
+  awaitable<bool> detection_admits();
+  // The cancel action: a CancelRequest for this session's backend, then done().
+  awaitable<void> cancel_upstream_for_detection(std::function<void()> done);
 
   // auth.mode scram (auth_scram.cc): pgcloak runs SCRAM with the client
   // against the verifier from auth_query, then with PostgreSQL from the
@@ -142,6 +148,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string last_error_sqlstate_;       // of the last error sent before relaying
   ConnectionMetrics connection_metrics_;  // connection gauges; empty when metrics are off
   std::chrono::system_clock::time_point connected_at_ = std::chrono::system_clock::now();
+  std::shared_ptr<const rules::DetectIdentity> detect_identity_;  // set after auth when detection is on
   std::shared_ptr<const AuditSession> audit_session_;
   bool audit_session_complete_ = false;  // built after authentication: final
   bool closing_ = false;

@@ -12,6 +12,7 @@
 #include "protocol/framing.h"
 #include "protocol/result.h"
 #include "rules/audit_config.h"
+#include "rules/detection_config.h"
 #include "rules/masking_config.h"
 
 namespace pgcloak::rules {
@@ -131,6 +132,7 @@ struct Config {
   CatalogConfig catalog;
   AuditConfig audit;
   MetricsConfig metrics;
+  DetectionConfig detection;
 };
 
 // One problem found in a config file, with a 1-based position.
@@ -156,7 +158,7 @@ ConfigLoad parse_config(std::string_view yaml_text);
 ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets);
 ConfigLoad load_config_file(const std::string& path);
 
-// "250ms", "10s", "5m", "1h", or a bare integer of milliseconds.
+// "250ms", "10s", "5m", "1h", "2d", or a bare integer of milliseconds.
 Result<Duration> parse_duration(std::string_view text);
 // "4096", "64KiB", "16MiB", "1GiB" (also kB/MB/GB as powers of 1024, as
 // PostgreSQL's own GUC units do).

@@ -49,15 +49,15 @@ Result<Duration> parse_duration(std::string_view text) {
   auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
   if (ec != std::errc{} || ptr == text.data()) {
     return Error::make(sqlstate::config_file_error,
-                       "invalid duration \"" + std::string(text) + "\": use e.g. 500ms, 10s, 5m, 1h");
+                       "invalid duration \"" + std::string(text) + "\": use e.g. 500ms, 10s, 5m, 1h, 2d");
   }
   std::string_view unit(ptr, text.data() + text.size() - ptr);
-  static const std::map<std::string_view, uint64_t> units{{"", 1},      {"ms", 1},      {"s", 1000},
-                                                          {"m", 60000}, {"min", 60000}, {"h", 3600000}};
+  static const std::map<std::string_view, uint64_t> units{
+      {"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {"min", 60000}, {"h", 3600000}, {"d", 86400000}};
   auto it = units.find(unit);
   if (it == units.end()) {
     return Error::make(sqlstate::config_file_error,
-                       "invalid duration unit \"" + std::string(unit) + "\": use ms, s, m or h");
+                       "invalid duration unit \"" + std::string(unit) + "\": use ms, s, m, h or d");
   }
   if (n > (uint64_t{1} << 40) / it->second) {
     return Error::make(sqlstate::config_file_error, "duration \"" + std::string(text) + "\" is too large");
@@ -1325,6 +1325,561 @@ void check_metrics(Walker& w, const YAML::Node& root, MetricsConfig& m, const Me
   check_readable(w, tls_at, m.tls_key_file, "metrics.tls.key_file");
 }
 
+// --- detection ------------------------------------------------------------------
+
+// Positions for the cross-checks of the detection section, run after the walk.
+struct DetectionRuleParse {
+  YAML::Node at;
+  std::string label;  // for messages: detection rule "name"
+  bool detector_set = false;
+  bool detector_unknown = false;
+  bool window_set = false;
+  bool warmup_set = false;
+  bool block_for_set = false;
+  YAML::Node name_at;
+  YAML::Node action_at;
+  YAML::Node block_for_at;
+  YAML::Node learn_at;
+  std::vector<std::pair<std::string, YAML::Node>> params;         // detector-specific keys present
+  std::vector<std::pair<YAML::Node, std::string>> category_refs;  // must be known categories
+};
+
+struct DetectionParse {
+  YAML::Node section;
+  YAML::Node rules_at;
+  YAML::Node webhook_at;
+  std::vector<DetectionRuleParse> rules;
+};
+
+// The keys each detector takes besides the common ones (name, detector,
+// roles, exclude_roles, relations, categories, action, block_for, cooldown).
+// A key of another detector is an error, not ignored: "max_rows" on a
+// window_volume rule means the author expected a limit that would not exist.
+const std::vector<std::string_view>& detector_params(DetectorKind k) {
+  static const std::vector<std::string_view> statement_volume{"max_rows", "max_bytes"};
+  static const std::vector<std::string_view> window_volume{"window", "sensitivity", "floor_rows", "warmup"};
+  static const std::vector<std::string_view> slow_drip{"window", "max_distinct"};
+  static const std::vector<std::string_view> first_access{"warmup"};
+  static const std::vector<std::string_view> off_hours{"time_zone", "allowed"};
+  static const std::vector<std::string_view> bulk_export{"copy_to", "full_scan", "min_rows"};
+  static const std::vector<std::string_view> probing{"window", "max_denials", "max_predicates"};
+  static const std::vector<std::string_view> service_account{"clients", "application_names", "learn",
+                                                             "warmup"};
+  switch (k) {
+    case DetectorKind::statement_volume: return statement_volume;
+    case DetectorKind::window_volume: return window_volume;
+    case DetectorKind::slow_drip: return slow_drip;
+    case DetectorKind::first_access: return first_access;
+    case DetectorKind::off_hours: return off_hours;
+    case DetectorKind::bulk_export: return bulk_export;
+    case DetectorKind::probing: return probing;
+    case DetectorKind::service_account: return service_account;
+  }
+  return statement_volume;
+}
+
+void seconds_key(Walker& w, const YAML::Node& v, const std::string& name, std::chrono::seconds& out,
+                 std::chrono::seconds lo, std::chrono::seconds hi, std::string_view range) {
+  Duration d{-1};
+  w.duration(v, name, d);
+  if (d.count() < 0) return;
+  if (d.count() % 1000 != 0 || d < lo || d > hi) {
+    w.issue(v, name + " must be whole seconds between " + std::string(range));
+    return;
+  }
+  out = std::chrono::duration_cast<std::chrono::seconds>(d);
+}
+
+void name_list(Walker& w, const YAML::Node& v, const std::string& name, std::vector<std::string>& out,
+               std::vector<YAML::Node>* positions = nullptr) {
+  if (!v.IsSequence() || v.size() == 0) {
+    w.issue(v, name + " must be a non-empty list of strings");
+    return;
+  }
+  for (const auto& e : v) {
+    std::string s;
+    if (!w.scalar(e, name + " entry", s)) continue;
+    if (s.empty()) {
+      w.issue(e, name + " entries must not be empty");
+      continue;
+    }
+    out.push_back(std::move(s));
+    if (positions != nullptr) positions->push_back(e);
+  }
+}
+
+// "07:00" -> 420. "24:00" only where allow_24 (the end of a day).
+std::optional<unsigned> clock_minutes(std::string_view s, bool allow_24) {
+  if (s.size() != 5 || s[2] != ':') return std::nullopt;
+  auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  if (!digit(s[0]) || !digit(s[1]) || !digit(s[3]) || !digit(s[4])) return std::nullopt;
+  const unsigned h = static_cast<unsigned>((s[0] - '0') * 10 + (s[1] - '0'));
+  const unsigned m = static_cast<unsigned>((s[3] - '0') * 10 + (s[4] - '0'));
+  if (m > 59) return std::nullopt;
+  if (h == 24 && m == 0 && allow_24) return 24 * 60;
+  if (h > 23) return std::nullopt;
+  return h * 60 + m;
+}
+
+void parse_schedule(Walker& w, const YAML::Node& v, const std::string& name, std::vector<ScheduleSlot>& out) {
+  if (!v.IsSequence() || v.size() == 0) {
+    w.issue(v, name + " must be a non-empty list of {days, from, to}");
+    return;
+  }
+  static const std::vector<std::string_view> day_names{"mon", "tue", "wed", "thu", "fri", "sat", "sun"};
+  for (const auto& e : v) {
+    ScheduleSlot slot;
+    slot.days = 0x7f;
+    YAML::Node from_at;
+    bool from_set = false;
+    bool to_set = false;
+    w.mapping(e, name + " entry",
+              {
+                  {"days",
+                   [&](const YAML::Node& d) {
+                     std::vector<std::string> days;
+                     name_list(w, d, name + ".days", days);
+                     slot.days = 0;
+                     for (const auto& day : days) {
+                       auto it = std::find(day_names.begin(), day_names.end(), day);
+                       if (it == day_names.end()) {
+                         w.issue(d, name + ".days: \"" + day +
+                                        "\" is not one of mon, tue, wed, thu, fri, sat, sun");
+                         continue;
+                       }
+                       slot.days |= static_cast<uint8_t>(1U << (it - day_names.begin()));
+                     }
+                     if (slot.days == 0) slot.days = 0x7f;  // already reported
+                   }},
+                  {"from",
+                   [&](const YAML::Node& x) {
+                     from_at = x;
+                     std::string s;
+                     if (!w.scalar(x, name + ".from", s)) return;
+                     auto m = clock_minutes(s, false);
+                     if (!m) {
+                       w.issue(x, name + ".from must be \"HH:MM\" (00:00-23:59), not \"" + s + "\"");
+                       return;
+                     }
+                     slot.from_minute = *m;
+                     from_set = true;
+                   }},
+                  {"to",
+                   [&](const YAML::Node& x) {
+                     std::string s;
+                     if (!w.scalar(x, name + ".to", s)) return;
+                     auto m = clock_minutes(s, true);
+                     if (!m) {
+                       w.issue(x, name + ".to must be \"HH:MM\" (00:00-24:00), not \"" + s + "\"");
+                       return;
+                     }
+                     slot.to_minute = *m;
+                     to_set = true;
+                   }},
+              });
+    if (!e.IsMap()) continue;
+    if (!from_set || !to_set) {
+      w.issue(e, name + " entries need both from and to");
+      continue;
+    }
+    if (slot.from_minute == slot.to_minute % (24 * 60)) {
+      w.issue(from_at, name + ": from and to are the same time (write 00:00 to 24:00 for a whole day)");
+      continue;
+    }
+    out.push_back(slot);
+  }
+}
+
+void parse_detection_rule(Walker& w, const YAML::Node& n, size_t index, DetectionRule& r,
+                          DetectionRuleParse& rp) {
+  rp.at = n;
+  rp.label = "detection.rules[" + std::to_string(index) + "]";
+  if (!n.IsMap()) {
+    w.issue(n, rp.label + " must be a mapping");
+    return;
+  }
+  if (const YAML::Node name = n["name"]; name && name.IsScalar() && !name.Scalar().empty()) {
+    rp.label = "detection rule \"" + name.Scalar() + "\"";
+  }
+  const std::string& l = rp.label;
+  // Detector-specific keys are recorded, then checked against the detector
+  // once the whole mapping is read (keys come in any order).
+  auto param = [&](std::string_view key, std::function<void(const YAML::Node&)> h) {
+    return std::pair<std::string_view, Walker::Handler>(key, [&rp, key, h](const YAML::Node& v) {
+      rp.params.emplace_back(std::string(key), v);
+      h(v);
+    });
+  };
+  auto count = [&](const YAML::Node& v, const char* key, uint64_t& out, uint64_t lo) {
+    w.integer(v, l + "." + key, out, lo, uint64_t{1} << 40);
+  };
+  w.mapping(
+      n, l,
+      {
+          {"name",
+           [&](const YAML::Node& v) {
+             rp.name_at = v;
+             w.string(v, l + ".name", r.name);
+           }},
+          {"detector",
+           [&](const YAML::Node& v) {
+             static const std::vector<std::pair<std::string_view, DetectorKind>> kinds{
+                 {"statement_volume", DetectorKind::statement_volume},
+                 {"window_volume", DetectorKind::window_volume},
+                 {"slow_drip", DetectorKind::slow_drip},
+                 {"first_access", DetectorKind::first_access},
+                 {"off_hours", DetectorKind::off_hours},
+                 {"bulk_export", DetectorKind::bulk_export},
+                 {"probing", DetectorKind::probing},
+                 {"service_account", DetectorKind::service_account}};
+             std::string name;
+             if (!w.scalar(v, l + ".detector", name)) return;
+             auto k =
+                 std::find_if(kinds.begin(), kinds.end(), [&](const auto& e) { return e.first == name; });
+             if (k == kinds.end()) {
+               // Reported here; the checks that depend on the detector are
+               // then skipped rather than run against a guess.
+               w.enumeration(v, l + ".detector", r.detector, kinds);
+               rp.detector_unknown = true;
+               return;
+             }
+             r.detector = k->second;
+             rp.detector_set = true;
+           }},
+          {"roles", [&](const YAML::Node& v) { name_list(w, v, l + ".roles", r.roles); }},
+          {"exclude_roles",
+           [&](const YAML::Node& v) { name_list(w, v, l + ".exclude_roles", r.exclude_roles); }},
+          {"relations",
+           [&](const YAML::Node& v) {
+             std::vector<std::string> names;
+             std::vector<YAML::Node> at;
+             name_list(w, v, l + ".relations", names, &at);
+             for (size_t i = 0; i < names.size(); ++i) {
+               std::string why;
+               auto parts = parse_qualified_name(names[i], 2, why);
+               if (!parts) {
+                 w.issue(at[i], l + ".relations: \"" + names[i] + "\" is not schema.relation: " + why);
+                 continue;
+               }
+               r.relations.push_back((*parts)[0] + "." + (*parts)[1]);
+             }
+           }},
+          {"categories",
+           [&](const YAML::Node& v) {
+             std::vector<YAML::Node> at;
+             name_list(w, v, l + ".categories", r.categories, &at);
+             for (size_t i = 0; i < r.categories.size() && i < at.size(); ++i)
+               rp.category_refs.emplace_back(at[i], r.categories[i]);
+           }},
+          {"action",
+           [&](const YAML::Node& v) {
+             rp.action_at = v;
+             w.enumeration(v, l + ".action", r.action,
+                           {{"alert", AlertAction::alert},
+                            {"cancel", AlertAction::cancel},
+                            {"terminate", AlertAction::terminate},
+                            {"block", AlertAction::block}});
+           }},
+          {"block_for",
+           [&](const YAML::Node& v) {
+             rp.block_for_at = v;
+             rp.block_for_set = true;
+             seconds_key(w, v, l + ".block_for", r.block_for, std::chrono::seconds(1),
+                         std::chrono::hours(24 * 30), "1s and 30 days");
+           }},
+          {"cooldown",
+           [&](const YAML::Node& v) {
+             seconds_key(w, v, l + ".cooldown", r.cooldown, std::chrono::seconds(0),
+                         std::chrono::hours(24 * 7), "0s and 7 days");
+           }},
+          param("max_rows", [&](const YAML::Node& v) { count(v, "max_rows", r.max_rows, 1); }),
+          param("max_bytes",
+                [&](const YAML::Node& v) {
+                  std::string s;
+                  if (!w.scalar(v, l + ".max_bytes", s)) return;
+                  auto size = parse_size(s);
+                  if (!size || *size == 0) {
+                    w.issue(v, l + ".max_bytes: " +
+                                   (size ? std::string("must be at least 1 byte") : size.error().message));
+                    return;
+                  }
+                  r.max_bytes = *size;
+                }),
+          param("window",
+                [&](const YAML::Node& v) {
+                  rp.window_set = true;
+                  seconds_key(w, v, l + ".window", r.window, std::chrono::seconds(1), std::chrono::hours(24),
+                              "1s and 24h");
+                }),
+          param("sensitivity",
+                [&](const YAML::Node& v) {
+                  std::string s;
+                  if (!w.scalar(v, l + ".sensitivity", s)) return;
+                  double d = 0;
+                  auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), d);
+                  if (ec != std::errc{} || ptr != s.data() + s.size() || !(d >= 0.5 && d <= 100)) {
+                    w.issue(v, l + ".sensitivity must be a number between 0.5 and 100, not \"" + s + "\"");
+                    return;
+                  }
+                  r.sensitivity = d;
+                }),
+          param("floor_rows", [&](const YAML::Node& v) { count(v, "floor_rows", r.floor_rows, 0); }),
+          param("warmup",
+                [&](const YAML::Node& v) {
+                  rp.warmup_set = true;
+                  seconds_key(w, v, l + ".warmup", r.warmup, std::chrono::seconds(0),
+                              std::chrono::hours(24 * 90), "0s and 90 days");
+                }),
+          param("max_distinct", [&](const YAML::Node& v) { count(v, "max_distinct", r.max_distinct, 1); }),
+          param("time_zone",
+                [&](const YAML::Node& v) {
+                  std::string s;
+                  if (!w.scalar(v, l + ".time_zone", s)) return;
+                  auto tz = TimeZone::load(s);
+                  if (!tz) {
+                    w.issue(v, l + ".time_zone: " + tz.error().message);
+                    return;
+                  }
+                  r.time_zone = *tz;
+                }),
+          param("allowed", [&](const YAML::Node& v) { parse_schedule(w, v, l + ".allowed", r.allowed); }),
+          param("copy_to", [&](const YAML::Node& v) { w.boolean(v, l + ".copy_to", r.copy_to); }),
+          param("full_scan", [&](const YAML::Node& v) { w.boolean(v, l + ".full_scan", r.full_scan); }),
+          param("min_rows", [&](const YAML::Node& v) { count(v, "min_rows", r.min_rows, 0); }),
+          param("max_denials", [&](const YAML::Node& v) { count(v, "max_denials", r.max_denials, 1); }),
+          param("max_predicates",
+                [&](const YAML::Node& v) { count(v, "max_predicates", r.max_predicates, 1); }),
+          param("clients",
+                [&](const YAML::Node& v) {
+                  std::vector<std::string> nets;
+                  std::vector<YAML::Node> at;
+                  name_list(w, v, l + ".clients", nets, &at);
+                  for (size_t i = 0; i < nets.size(); ++i) {
+                    auto c = parse_cidr(nets[i]);
+                    if (!c) {
+                      w.issue(at[i], l + ".clients: \"" + nets[i] +
+                                         "\" is not an address or network (e.g. 10.0.0.0/8, 2001:db8::/32)");
+                      continue;
+                    }
+                    r.clients.push_back(*c);
+                  }
+                }),
+          param("application_names",
+                [&](const YAML::Node& v) { name_list(w, v, l + ".application_names", r.application_names); }),
+          param("learn",
+                [&](const YAML::Node& v) {
+                  rp.learn_at = v;
+                  w.boolean(v, l + ".learn", r.learn);
+                }),
+      });
+}
+
+void parse_detection(Walker& w, const YAML::Node& n, DetectionConfig& d, DetectionParse& dp) {
+  dp.section = n;
+  d.enabled = true;
+  w.mapping(
+      n, "detection",
+      {
+          {"enabled", [&](const YAML::Node& v) { w.boolean(v, "detection.enabled", d.enabled); }},
+          {"state_file", [&](const YAML::Node& v) { w.string(v, "detection.state_file", d.state_file); }},
+          {"save_interval",
+           [&](const YAML::Node& v) {
+             seconds_key(w, v, "detection.save_interval", d.save_interval, std::chrono::seconds(1),
+                         std::chrono::hours(24), "1s and 24h");
+           }},
+          {"time_zone",
+           [&](const YAML::Node& v) {
+             std::string s;
+             if (!w.scalar(v, "detection.time_zone", s)) return;
+             auto tz = TimeZone::load(s);
+             if (!tz) {
+               w.issue(v, "detection.time_zone: " + tz.error().message);
+               return;
+             }
+             d.time_zone = *tz;
+           }},
+          {"max_tracked",
+           [&](const YAML::Node& v) {
+             w.integer(v, "detection.max_tracked", d.max_tracked, 100, 100000000);
+           }},
+          {"webhook",
+           [&](const YAML::Node& v) {
+             dp.webhook_at = v;
+             DetectionWebhook& h = d.webhook;
+             w.mapping(
+                 v, "detection.webhook",
+                 {
+                     {"url", [&](const YAML::Node& x) { w.string(x, "detection.webhook.url", h.url); }},
+                     {"slack",
+                      [&](const YAML::Node& x) { w.boolean(x, "detection.webhook.slack", h.slack); }},
+                     {"ca_file",
+                      [&](const YAML::Node& x) { w.string(x, "detection.webhook.ca_file", h.ca_file); }},
+                     {"token_file",
+                      [&](const YAML::Node& x) {
+                        w.string(x, "detection.webhook.token_file", h.token_file);
+                      }},
+                     {"token_env",
+                      [&](const YAML::Node& x) { w.string(x, "detection.webhook.token_env", h.token_env); }},
+                     {"timeout",
+                      [&](const YAML::Node& x) {
+                        Duration t{};
+                        w.duration(x, "detection.webhook.timeout", t);
+                        h.timeout = t;
+                      }},
+                     {"queue_limit",
+                      [&](const YAML::Node& x) {
+                        w.integer(x, "detection.webhook.queue_limit", h.queue_limit, 1, 1000000);
+                      }},
+                 });
+           }},
+          {"rules",
+           [&](const YAML::Node& v) {
+             dp.rules_at = v;
+             if (!v.IsSequence()) {
+               w.issue(v, "detection.rules must be a list of rules");
+               return;
+             }
+             for (size_t i = 0; i < v.size(); ++i) {
+               d.rules.emplace_back();
+               dp.rules.emplace_back();
+               parse_detection_rule(w, v[i], i, d.rules.back(), dp.rules.back());
+             }
+           }},
+      });
+}
+
+// The webhook's URL shape and token (the sink checks the rest when it
+// starts: loopback for http://, the CA file).
+void check_detection_webhook(Walker& w, DetectionWebhook& h, const YAML::Node& at,
+                             const SecretSources& secrets) {
+  if (!at.IsDefined() || at.IsNull()) return;
+  if (h.url.empty()) {
+    w.issue(at, "detection.webhook needs a url (https://...)");
+    return;
+  }
+  if (h.url.rfind("https://", 0) != 0 && h.url.rfind("http://", 0) != 0) {
+    w.issue(at, "detection.webhook.url must start with https:// (or http:// to a loopback address)");
+  }
+  if (!h.token_file.empty() && !h.token_env.empty()) {
+    w.issue(at, "detection.webhook: set either token_file or token_env, not both");
+    return;
+  }
+  std::optional<std::string> text;
+  if (!h.token_file.empty()) {
+    text = secrets.read_file ? secrets.read_file(h.token_file) : std::nullopt;
+    if (!text) w.issue(at, "detection.webhook.token_file: cannot read \"" + h.token_file + "\"");
+  } else if (!h.token_env.empty()) {
+    text = secrets.get_env ? secrets.get_env(h.token_env) : std::nullopt;
+    if (!text)
+      w.issue(at, "detection.webhook.token_env: environment variable " + h.token_env + " is not set");
+  }
+  if (text) {
+    std::string t = text->substr(0, text->find('\n'));
+    while (!t.empty() && (t.back() == '\r' || t.back() == ' ')) t.pop_back();
+    if (t.empty()) w.issue(at, "detection.webhook: the token is empty");
+    h.token = std::move(t);
+  }
+}
+
+void check_detection(Walker& w, const YAML::Node& root, DetectionConfig& d, const DetectionParse& dp,
+                     const MaskingConfig& masking) {
+  std::vector<std::string> seen;
+  for (size_t i = 0; i < d.rules.size() && i < dp.rules.size(); ++i) {
+    DetectionRule& r = d.rules[i];
+    const DetectionRuleParse& rp = dp.rules[i];
+    if (!rp.at.IsMap()) continue;
+    const std::string& l = rp.label;
+    const YAML::Node& at = rp.at;
+    if (r.name.empty()) {
+      w.issue(at, l + " needs a name");
+    } else if (std::find(seen.begin(), seen.end(), r.name) != seen.end()) {
+      w.issue(rp.name_at,
+              l + ": another rule has the same name (alerts and saved baselines are keyed by it)");
+    } else {
+      seen.push_back(r.name);
+    }
+    if (rp.detector_unknown) continue;
+    if (!rp.detector_set) {
+      w.issue(at,
+              l + " needs a detector (statement_volume, window_volume, slow_drip, first_access, off_hours, "
+                  "bulk_export, probing or service_account)");
+      continue;
+    }
+    const auto& allowed = detector_params(r.detector);
+    for (const auto& [key, node] : rp.params) {
+      if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
+      std::string known;
+      for (auto k : allowed) known += (known.empty() ? "" : ", ") + std::string(k);
+      w.issue(node, l + ": " + key + " does not apply to detector " + std::string(detector_name(r.detector)) +
+                        " (its keys: " + known + ")");
+    }
+    if (r.action == AlertAction::block && r.block_for.count() == 0) {
+      w.issue(rp.action_at, l + ": action block needs block_for (e.g. 15m)");
+    }
+    if (r.action != AlertAction::block && rp.block_for_set) {
+      w.issue(rp.block_for_at, l + ": block_for only applies with action: block");
+    }
+    for (const auto& [node, category] : rp.category_refs) {
+      const auto& builtin = builtin_mask_categories();
+      if (std::find(builtin.begin(), builtin.end(), category) == builtin.end() &&
+          std::find(masking.categories.begin(), masking.categories.end(), category) ==
+              masking.categories.end()) {
+        w.issue(node, l + ": unknown category \"" + category + "\"");
+      }
+    }
+    // Per-detector defaults and what each needs. A key that was given but
+    // failed its own check has been reported already.
+    auto given = [&](std::string_view key) {
+      return std::any_of(rp.params.begin(), rp.params.end(), [&](const auto& p) { return p.first == key; });
+    };
+    using namespace std::chrono_literals;
+    switch (r.detector) {
+      case DetectorKind::statement_volume:
+        if (r.max_rows == 0 && r.max_bytes == 0)
+          w.issue(at, l + ": statement_volume needs max_rows or max_bytes");
+        break;
+      case DetectorKind::window_volume:
+        if (!rp.window_set) r.window = 60s;
+        if (!rp.warmup_set) r.warmup = 48h;
+        break;
+      case DetectorKind::slow_drip:
+        if (!rp.window_set) r.window = 600s;
+        if (r.max_distinct == 0 && !given("max_distinct")) w.issue(at, l + ": slow_drip needs max_distinct");
+        break;
+      case DetectorKind::first_access:
+        if (!rp.warmup_set) r.warmup = 24h;
+        break;
+      case DetectorKind::off_hours:
+        if (r.allowed.empty())
+          w.issue(at, l + ": off_hours needs allowed (the schedule when access is normal)");
+        break;
+      case DetectorKind::bulk_export:
+        if (!r.copy_to && !r.full_scan)
+          w.issue(at, l + ": bulk_export with copy_to and full_scan both off never fires");
+        break;
+      case DetectorKind::probing:
+        if (!rp.window_set) r.window = 300s;
+        if (r.max_denials == 0 && r.max_predicates == 0 && !given("max_denials") && !given("max_predicates"))
+          w.issue(at, l + ": probing needs max_denials or max_predicates");
+        break;
+      case DetectorKind::service_account:
+        if (!rp.warmup_set) r.warmup = 24h;
+        if (r.roles.empty()) {
+          w.issue(at, l + ": service_account needs roles (the service accounts it watches)");
+        }
+        if (r.clients.empty() && r.application_names.empty() && !r.learn) {
+          w.issue(at, l + ": service_account needs clients, application_names or learn: true");
+        }
+        if (r.learn && r.warmup.count() == 0) {
+          w.issue(rp.learn_at,
+                  l + ": learn needs a warmup longer than 0s (what is learned is what it sees then)");
+        }
+        break;
+    }
+  }
+  (void)root;
+}
+
 }  // namespace
 
 ConfigLoad parse_config(std::string_view yaml_text) {
@@ -1350,6 +1905,7 @@ ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets
   AuthParse auth_parse;
   AuditParse audit_parse;
   MetricsParse metrics_parse;
+  DetectionParse detection_parse;
   try {
     w.mapping(
         root, "the top level",
@@ -1489,6 +2045,7 @@ ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets
             {"catalog", [&](const YAML::Node& n) { parse_catalog(w, n, c.catalog, auth_parse); }},
             {"audit", [&](const YAML::Node& n) { parse_audit(w, n, c.audit, audit_parse); }},
             {"metrics", [&](const YAML::Node& n) { parse_metrics(w, n, c.metrics, metrics_parse); }},
+            {"detection", [&](const YAML::Node& n) { parse_detection(w, n, c.detection, detection_parse); }},
         });
   } catch (const YAML::Exception& e) {
     load.issues.push_back({e.mark.line + 1, e.mark.column + 1, e.msg});
@@ -1545,6 +2102,12 @@ ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets
   }
   try {
     check_metrics(w, root, c.metrics, metrics_parse, secrets);
+  } catch (const YAML::Exception& e) {
+    load.issues.push_back({e.mark.line + 1, e.mark.column + 1, e.msg});
+  }
+  try {
+    check_detection(w, root, c.detection, detection_parse, c.masking);
+    check_detection_webhook(w, c.detection.webhook, detection_parse.webhook_at, secrets);
   } catch (const YAML::Exception& e) {
     load.issues.push_back({e.mark.line + 1, e.mark.column + 1, e.msg});
   }

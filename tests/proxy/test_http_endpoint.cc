@@ -101,6 +101,9 @@ class HttpEndpointTest : public ::testing::Test {
     });
     endpoint_->add_route("/boom",
                          [](const HttpRequest&) -> HttpResponse { throw std::runtime_error("bug"); });
+    endpoint_->add_action("/act", [](const HttpRequest& r) {
+      return HttpResponse{200, "text/plain", std::string(r.method) + " " + std::string(r.query)};
+    });
     auto st = endpoint_->start();
     ASSERT_TRUE(st.ok()) << st.error().message;
     port_ = endpoint_->local_endpoint().port();
@@ -185,6 +188,48 @@ TEST_F(HttpEndpointTest, ServesARouteAndKeepsTheConnectionAlive) {
   ASSERT_TRUE(last);
   EXPECT_FALSE(last->keep_alive);
   EXPECT_TRUE(closed_by_server(s));
+}
+
+std::string post(std::string_view path, std::string_view extra_headers = "") {
+  return "POST " + std::string(path) + " HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n" +
+         std::string(extra_headers) + "\r\n";
+}
+
+// Actions change state (lifting a block): POST only, a token must be
+// configured, and only as a bearer token, which a browser never adds by
+// itself (Basic credentials it re-sends on its own: CSRF).
+TEST_F(HttpEndpointTest, ActionsNeedPostAndABearerToken) {
+  start(with_token());
+  auto ok = request(post("/act?user=a", auth()));
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200U);
+  EXPECT_EQ(ok->body, "POST user=a");
+  auto basic = request(post("/act", "Authorization: Basic " + base64_encode("x:" + token) + "\r\n"));
+  ASSERT_TRUE(basic);
+  EXPECT_EQ(basic->status, 401U);
+  auto none = request(post("/act"));
+  ASSERT_TRUE(none);
+  EXPECT_EQ(none->status, 401U);
+  auto as_get = request(get("/act", auth()));
+  ASSERT_TRUE(as_get);
+  EXPECT_EQ(as_get->status, 405U);
+  EXPECT_EQ(as_get->headers[http::field::allow], "POST");
+  // POST to a read-only route is still refused.
+  auto to_route = request(post("/metrics", auth()));
+  ASSERT_TRUE(to_route);
+  EXPECT_EQ(to_route->status, 405U);
+  // A body is not accepted.
+  auto body = request("POST /act HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\n" + auth() + "\r\nabc");
+  ASSERT_TRUE(body);
+  EXPECT_EQ(body->status, 413U);
+}
+
+TEST_F(HttpEndpointTest, ActionsAreRefusedWithoutAConfiguredToken) {
+  start();
+  auto r = request(post("/act"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 403U);
+  EXPECT_NE(r->body.find("token"), std::string::npos);
 }
 
 TEST_F(HttpEndpointTest, TheTokenIsRequiredExceptForHealthChecks) {

@@ -168,7 +168,8 @@ TEST(DurationTest, UnitsAndErrors) {
   EXPECT_FALSE(parse_duration("s").ok());
   EXPECT_FALSE(parse_duration("-1s").ok());
   EXPECT_FALSE(parse_duration("10 s").ok());
-  EXPECT_FALSE(parse_duration("10d").ok());
+  EXPECT_EQ(*parse_duration("2d"), Duration(172800000));  // days: detection warm-ups
+  EXPECT_FALSE(parse_duration("10w").ok());
   EXPECT_FALSE(parse_duration("99999999999999999999s").ok());
 }
 
@@ -892,6 +893,238 @@ TEST(MetricsConfigTest, WrongKeysTypesAndValuesAreReportedWithTheirLines) {
   EXPECT_TRUE(has_issue(not_a_map, 1, "metrics must be a mapping")) << dump(not_a_map);
   auto bad_port = parse_config("metrics:\n  listen: \"127.0.0.1:0\"\n", metrics_secrets());
   EXPECT_TRUE(has_issue(bad_port, 2, "port must be 1-65535")) << dump(bad_port);
+}
+
+// --- detection ------------------------------------------------------------------
+
+TEST(DetectionConfigTest, AbsentSectionMeansDetectionOff) {
+  auto load = parse_config("threads: 1\n");
+  ASSERT_TRUE(load.ok()) << dump(load);
+  EXPECT_FALSE(load.config.detection.enabled);
+  EXPECT_TRUE(load.config.detection.rules.empty());
+  EXPECT_EQ(load.config.detection.time_zone->name(), "UTC");
+}
+
+TEST(DetectionConfigTest, EveryKeyParses) {
+  auto load = parse_config(R"(
+detection:
+  state_file: /var/lib/pgcloak/detection.json
+  save_interval: 30s
+  time_zone: Europe/Berlin
+  max_tracked: 5000
+  rules:
+    - name: bulk-read
+      detector: statement_volume
+      roles: [support_team]
+      relations: [public.customers, '"Sales"."Leads"']
+      categories: [email]
+      action: block
+      block_for: 15m
+      cooldown: 1m
+      max_rows: 1000
+      max_bytes: 16MiB
+    - {name: volume-1m, detector: window_volume, window: 1m, sensitivity: 4.5, floor_rows: 500, warmup: 2d}
+    - {name: drip, detector: slow_drip, exclude_roles: [app_services], window: 10m, max_distinct: 200}
+    - {name: new-table, detector: first_access, warmup: 1d}
+    - name: night
+      detector: off_hours
+      time_zone: America/New_York
+      allowed:
+        - {days: [mon, tue, wed, thu, fri], from: "07:00", to: "20:00"}
+        - {days: [sat], from: "22:00", to: "02:00"}
+        - {from: "12:00", to: "24:00"}
+    - {name: export, detector: bulk_export, copy_to: true, full_scan: false, min_rows: 1000, action: cancel}
+    - {name: probe, detector: probing, window: 5m, max_denials: 5, max_predicates: 30, action: terminate}
+    - {name: app-misuse, detector: service_account, roles: [app_services], clients: [10.0.0.0/8, "2001:db8::/32", 192.0.2.7],
+       application_names: [shop-web], learn: true, warmup: 1d}
+)");
+  ASSERT_TRUE(load.ok()) << dump(load);
+  const DetectionConfig& d = load.config.detection;
+  EXPECT_TRUE(d.enabled);
+  EXPECT_EQ(d.state_file, "/var/lib/pgcloak/detection.json");
+  EXPECT_EQ(d.save_interval, std::chrono::seconds(30));
+  EXPECT_EQ(d.time_zone->name(), "Europe/Berlin");
+  EXPECT_EQ(d.max_tracked, 5000U);
+  ASSERT_EQ(d.rules.size(), 8U);
+  const DetectionRule& bulk = d.rules[0];
+  EXPECT_EQ(bulk.name, "bulk-read");
+  EXPECT_EQ(bulk.detector, DetectorKind::statement_volume);
+  EXPECT_EQ(bulk.roles, std::vector<std::string>{"support_team"});
+  EXPECT_EQ(bulk.relations, (std::vector<std::string>{"public.customers", "Sales.Leads"}));
+  EXPECT_EQ(bulk.categories, std::vector<std::string>{"email"});
+  EXPECT_EQ(bulk.action, AlertAction::block);
+  EXPECT_EQ(bulk.block_for, std::chrono::seconds(900));
+  EXPECT_EQ(bulk.cooldown, std::chrono::seconds(60));
+  EXPECT_EQ(bulk.max_rows, 1000U);
+  EXPECT_EQ(bulk.max_bytes, 16U << 20);
+  const DetectionRule& vol = d.rules[1];
+  EXPECT_EQ(vol.window, std::chrono::seconds(60));
+  EXPECT_DOUBLE_EQ(vol.sensitivity, 4.5);
+  EXPECT_EQ(vol.floor_rows, 500U);
+  EXPECT_EQ(vol.warmup, std::chrono::hours(48));
+  EXPECT_EQ(vol.cooldown, std::chrono::seconds(300));  // the default
+  EXPECT_EQ(d.rules[2].exclude_roles, std::vector<std::string>{"app_services"});
+  EXPECT_EQ(d.rules[2].max_distinct, 200U);
+  EXPECT_EQ(d.rules[3].warmup, std::chrono::hours(24));
+  const DetectionRule& night = d.rules[4];
+  EXPECT_EQ(night.time_zone->name(), "America/New_York");
+  ASSERT_EQ(night.allowed.size(), 3U);
+  EXPECT_EQ(night.allowed[0].days, 0x1f);
+  EXPECT_EQ(night.allowed[0].from_minute, 420U);
+  EXPECT_EQ(night.allowed[0].to_minute, 1200U);
+  EXPECT_EQ(night.allowed[1].days, 0x20);
+  EXPECT_EQ(night.allowed[1].to_minute, 120U);
+  EXPECT_EQ(night.allowed[2].days, 0x7f);  // every day
+  EXPECT_EQ(night.allowed[2].to_minute, 1440U);
+  EXPECT_TRUE(d.rules[5].copy_to);
+  EXPECT_FALSE(d.rules[5].full_scan);
+  EXPECT_EQ(d.rules[5].min_rows, 1000U);
+  EXPECT_EQ(d.rules[6].max_denials, 5U);
+  EXPECT_EQ(d.rules[6].max_predicates, 30U);
+  EXPECT_EQ(d.rules[6].action, AlertAction::terminate);
+  const DetectionRule& app = d.rules[7];
+  ASSERT_EQ(app.clients.size(), 3U);
+  EXPECT_TRUE(app.clients[0].contains(*parse_ip("10.200.3.4")));
+  EXPECT_FALSE(app.clients[0].contains(*parse_ip("11.0.0.1")));
+  EXPECT_TRUE(app.clients[1].contains(*parse_ip("2001:db8:ffff::1")));
+  EXPECT_TRUE(app.clients[2].contains(*parse_ip("192.0.2.7")));
+  EXPECT_FALSE(app.clients[2].contains(*parse_ip("192.0.2.8")));
+  EXPECT_TRUE(app.clients[0].contains(*parse_ip("::ffff:10.1.1.1")));  // IPv4-mapped
+  EXPECT_EQ(app.application_names, std::vector<std::string>{"shop-web"});
+  EXPECT_TRUE(app.learn);
+}
+
+TEST(DetectionConfigTest, WebhookParsesWithItsToken) {
+  SecretSources secrets;
+  secrets.read_file = [](const std::string& path) -> std::optional<std::string> {
+    if (path == "/etc/pgcloak/webhook.token") return std::string("hook-token-123\n");
+    return std::nullopt;
+  };
+  auto load = parse_config(R"(
+detection:
+  webhook:
+    url: https://hooks.example.com/pgcloak
+    slack: true
+    ca_file: /etc/ssl/hooks-ca.pem
+    token_file: /etc/pgcloak/webhook.token
+    timeout: 3s
+    queue_limit: 50
+)",
+                           secrets);
+  ASSERT_TRUE(load.ok()) << dump(load);
+  const DetectionWebhook& h = load.config.detection.webhook;
+  EXPECT_TRUE(h.enabled());
+  EXPECT_EQ(h.url, "https://hooks.example.com/pgcloak");
+  EXPECT_TRUE(h.slack);
+  EXPECT_EQ(h.ca_file, "/etc/ssl/hooks-ca.pem");
+  EXPECT_EQ(h.token, "hook-token-123");
+  EXPECT_EQ(h.timeout, std::chrono::seconds(3));
+  EXPECT_EQ(h.queue_limit, 50U);
+
+  auto bad = parse_config(R"(
+detection:
+  webhook:
+    url: ftp://example.com/x
+    token_file: /nonexistent
+    retries: 3
+)",
+                          secrets);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_TRUE(has_issue(bad, 6, "unknown key \"retries\" in detection.webhook")) << dump(bad);
+  EXPECT_TRUE(has_issue(bad, 4, "detection.webhook.url must start with https://")) << dump(bad);
+  EXPECT_TRUE(has_issue(bad, 4, "detection.webhook.token_file: cannot read \"/nonexistent\"")) << dump(bad);
+  auto no_url = parse_config("detection:\n  webhook:\n    slack: true\n", secrets);
+  EXPECT_TRUE(has_issue(no_url, 3, "detection.webhook needs a url")) << dump(no_url);
+}
+
+TEST(DetectionConfigTest, PerDetectorDefaults) {
+  auto load = parse_config(R"(
+detection:
+  rules:
+    - {name: v, detector: window_volume}
+    - {name: d, detector: slow_drip, max_distinct: 10}
+    - {name: p, detector: probing, max_denials: 3}
+    - {name: s, detector: service_account, roles: [app], learn: true}
+)");
+  ASSERT_TRUE(load.ok()) << dump(load);
+  const auto& r = load.config.detection.rules;
+  EXPECT_EQ(r[0].window, std::chrono::seconds(60));
+  EXPECT_EQ(r[0].warmup, std::chrono::hours(48));
+  EXPECT_DOUBLE_EQ(r[0].sensitivity, 6.0);
+  EXPECT_EQ(r[0].floor_rows, 1000U);
+  EXPECT_EQ(r[1].window, std::chrono::seconds(600));
+  EXPECT_EQ(r[2].window, std::chrono::seconds(300));
+  EXPECT_EQ(r[3].warmup, std::chrono::hours(24));
+  EXPECT_EQ(r[0].time_zone, nullptr);  // detection.time_zone applies
+  auto off = parse_config("detection:\n  enabled: false\n");
+  ASSERT_TRUE(off.ok()) << dump(off);
+  EXPECT_FALSE(off.config.detection.enabled);
+}
+
+TEST(DetectionConfigTest, WrongKeysTypesAndValuesAreReportedWithTheirLines) {
+  auto load = parse_config(R"(detection:
+  time_zone: Mars/Olympus_Mons
+  colour: blue
+  rules:
+    - {name: a, detector: statement_volume, window: 1m, max_rows: 10}
+    - {name: a, detector: statement_volume}
+    - {detector: window_volume}
+    - {name: c, detector: nosuch}
+    - {name: d, detector: off_hours, time_zone: ../../etc/passwd, allowed: [{days: [someday], from: "7:00", to: "25:00"}]}
+    - {name: e, detector: service_account, clients: [10.0.0.0/33, "not an address"]}
+    - {name: f, detector: slow_drip, max_distinct: 0, action: block}
+    - {name: g, detector: first_access, block_for: 5m, categories: [shoe_size], relations: ["a.b.c"]}
+    - {name: h, detector: window_volume, window: 1500ms, sensitivity: lots, warmup: 2w}
+    - {name: i, detector: probing}
+    - {name: j, detector: bulk_export, copy_to: false, full_scan: false, max_denials: 3}
+    - {name: k, detector: service_account, roles: [app], learn: true, warmup: 0s}
+    - name
+)");
+  ASSERT_FALSE(load.ok());
+  EXPECT_TRUE(has_issue(load, 2, "detection.time_zone: unknown time zone \"Mars/Olympus_Mons\""))
+      << dump(load);
+  EXPECT_TRUE(has_issue(load, 3, "unknown key \"colour\" in detection")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 5,
+                        "window does not apply to detector statement_volume (its keys: max_rows, max_bytes)"))
+      << dump(load);
+  EXPECT_TRUE(has_issue(load, 6, "another rule has the same name")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 6, "statement_volume needs max_rows or max_bytes")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 7, "detection.rules[2] needs a name")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 8, "detection rule \"c\".detector must be one of statement_volume"))
+      << dump(load);
+  EXPECT_TRUE(has_issue(load, 9, "is not a time zone name")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 9, "\"someday\" is not one of mon")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 9, ".from must be \"HH:MM\"")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 9, ".to must be \"HH:MM\" (00:00-24:00), not \"25:00\"")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 10, "\"10.0.0.0/33\" is not an address or network")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 10, "\"not an address\" is not an address or network")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 10, "service_account needs roles")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 11, "max_distinct must be between 1 and")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 11, "action block needs block_for")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 12, "block_for only applies with action: block")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 12, "unknown category \"shoe_size\"")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 12, "\"a.b.c\" is not schema.relation")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 13, ".window must be whole seconds")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 13, ".sensitivity must be a number")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 13, "invalid duration unit \"w\"")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 14, "probing needs max_denials or max_predicates")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 15, "max_denials does not apply to detector bulk_export")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 15, "copy_to and full_scan both off never fires")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 16, "learn needs a warmup")) << dump(load);
+  EXPECT_TRUE(has_issue(load, 17, "detection.rules[12] must be a mapping")) << dump(load);
+
+  // Categories declared by masking are known.
+  auto custom = parse_config(R"(
+masking:
+  categories: [loyalty_id]
+detection:
+  rules:
+    - {name: x, detector: first_access, categories: [loyalty_id, email]}
+)");
+  for (const auto& i : custom.issues)
+    EXPECT_EQ(i.message.find("unknown category"), std::string::npos) << i.message;
+  auto not_a_list = parse_config("detection:\n  rules: {name: x}\n");
+  EXPECT_TRUE(has_issue(not_a_list, 2, "detection.rules must be a list")) << dump(not_a_list);
 }
 
 }  // namespace

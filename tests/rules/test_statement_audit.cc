@@ -630,6 +630,96 @@ TEST_F(StatementAuditTest, AmbiguousNamesPreferPublicAndReportEveryCandidate) {
 // ---------------------------------------------------------------------------
 // The cache.
 
+// Bulk-export shapes: protected relations whose rows come back with nothing
+// restricting them.
+TEST_F(StatementAuditTest, UnfilteredRelations) {
+  const Strings customers{"public.customers"};
+  const Strings none{};
+  struct Case {
+    std::string_view sql;
+    Strings unfiltered;
+  };
+  const Case cases[] = {
+      {"SELECT * FROM customers", customers},
+      {"SELECT email FROM customers ORDER BY id", customers},
+      {"SELECT email, count(*) FROM customers GROUP BY email", customers},
+      {"SELECT email FROM customers WHERE id = $1", none},
+      {"SELECT email FROM customers LIMIT 10", none},
+      {"SELECT email FROM customers FETCH FIRST 10 ROWS ONLY", none},
+      {"SELECT id, created_at FROM customers", none},  // nothing protected read
+      // Joins: a condition restricts the inner side(s); a left join keeps
+      // every row of its left side.
+      {"SELECT c.email, o.amount FROM customers c JOIN orders o ON o.customer_id = c.id", none},
+      {"SELECT c.email FROM customers c LEFT JOIN orders o ON o.customer_id = c.id", customers},
+      {"SELECT c.email FROM orders o LEFT JOIN customers c ON o.customer_id = c.id", none},
+      {"SELECT c.email FROM orders o RIGHT JOIN customers c ON o.customer_id = c.id", customers},
+      {"SELECT c.email FROM customers c FULL JOIN orders o ON o.customer_id = c.id", customers},
+      {"SELECT c.email FROM customers c CROSS JOIN orders o", customers},
+      {"SELECT c.email FROM customers c JOIN orders o USING (id)", none},
+      {"SELECT c.email FROM customers c, orders o WHERE o.customer_id = c.id", none},
+      // Subqueries and CTEs carry the restriction of where they are used.
+      {"SELECT x FROM (SELECT email AS x FROM customers) s", customers},
+      {"SELECT x FROM (SELECT email AS x FROM customers) s WHERE x LIKE $1", none},
+      {"SELECT x FROM (SELECT email AS x FROM customers) s LIMIT 5", none},
+      {"WITH x AS (SELECT email FROM customers) SELECT * FROM x", customers},
+      {"WITH x AS (SELECT email FROM customers WHERE id < $1) SELECT * FROM x", none},
+      {"WITH x AS (SELECT email FROM customers) SELECT * FROM x WHERE email = $1", none},
+      {"WITH customers AS (SELECT id, phone FROM customers) SELECT * FROM customers", customers},
+      {"SELECT email FROM customers UNION SELECT email FROM customers WHERE id = 1", customers},
+      {"(SELECT email FROM customers UNION ALL SELECT 'x') LIMIT 3", none},
+      // A subquery in WHERE returns nothing to the client.
+      {"SELECT id FROM orders WHERE customer_id IN (SELECT id FROM customers WHERE email IS NOT NULL)", none},
+      // Views and partitions by their own name (the detector maps them).
+      {"SELECT * FROM customer_contacts", Strings{"public.customer_contacts"}},
+      {"SELECT card_number FROM payments_2025_01", Strings{"public.payments_2025_01"}},
+      // COPY of a whole table, or of an unfiltered query.
+      {"COPY customers TO STDOUT", customers},
+      {"COPY (SELECT email FROM customers) TO STDOUT", customers},
+      {"COPY (SELECT email FROM customers WHERE id = 1) TO STDOUT", none},
+      {"COPY customers FROM STDIN", none},
+      // Writes return no rows (without RETURNING reads are not scans).
+      {"INSERT INTO orders (customer_id) SELECT id FROM customers WHERE email = $1", none},
+      {"DECLARE c CURSOR FOR SELECT email FROM customers", customers},
+  };
+  for (const auto& c : cases) {
+    EXPECT_EQ(audit(c.sql).unfiltered_relations, c.unfiltered) << c.sql;
+  }
+  // Only with a catalog.
+  EXPECT_TRUE(audit_statement("SELECT * FROM customers", 0, nullptr).unfiltered_relations.empty());
+}
+
+// What can test a value: WHERE, JOIN ON, HAVING (subqueries there too).
+TEST_F(StatementAuditTest, PredicateColumns) {
+  auto a = audit("SELECT email FROM customers WHERE ssn LIKE $1");
+  EXPECT_EQ(a.predicate_columns, Strings{"public.customers.ssn"});
+  EXPECT_EQ(a.protected_columns, (Strings{"public.customers.email", "public.customers.ssn"}));
+  ASSERT_EQ(a.predicate_refs.size(), 1U);
+  const auto* rp = protection_->by_name("customers").front();
+  EXPECT_EQ(a.predicate_refs[0].first, rp->relation->oid);
+  EXPECT_EQ(rp->relation->columns[a.predicate_refs[0].second].name, "ssn");
+  EXPECT_TRUE(audit("SELECT email, ssn FROM customers WHERE id = $1").predicate_columns.empty());
+  EXPECT_TRUE(audit("SELECT email FROM customers ORDER BY phone").predicate_columns.empty());
+  EXPECT_EQ(audit("SELECT o.id FROM orders o JOIN customers c ON c.email = o.status").predicate_columns,
+            Strings{"public.customers.email"});
+  EXPECT_EQ(audit("SELECT count(*) FROM customers GROUP BY id HAVING max(birth_date) > $1").predicate_columns,
+            Strings{"public.customers.birth_date"});
+  EXPECT_EQ(audit("SELECT id FROM orders WHERE customer_id IN (SELECT id FROM customers WHERE phone = $1)")
+                .predicate_columns,
+            Strings{"public.customers.phone"});
+  // A subquery's select list inside WHERE is compared too.
+  EXPECT_EQ(audit("SELECT id FROM orders WHERE status IN (SELECT notes FROM customers)").predicate_columns,
+            Strings{"public.customers.notes"});
+  // * tests nothing.
+  EXPECT_TRUE(audit("SELECT id FROM orders WHERE EXISTS (SELECT * FROM customers WHERE id = $1)")
+                  .predicate_columns.empty());
+  EXPECT_EQ(audit("UPDATE customers SET notes = $1 WHERE email = $2").predicate_columns,
+            Strings{"public.customers.email"});
+  EXPECT_EQ(audit("DELETE FROM customers WHERE ssn = $1").predicate_columns, Strings{"public.customers.ssn"});
+  // Through a view: the view's column and the configured one.
+  EXPECT_EQ(audit("SELECT id FROM customer_contacts WHERE email = $1").predicate_columns,
+            (Strings{"public.customer_contacts.email", "public.customers.email"}));
+}
+
 TEST_F(StatementAuditTest, CacheReturnsTheSameAnalysis) {
   StatementAuditCache cache;
   const std::string sql = "SELECT email FROM customers WHERE id = $1";
