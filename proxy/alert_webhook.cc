@@ -21,6 +21,7 @@
 
 #include "proxy/asio.h"
 #include "proxy/log.h"
+#include "proxy/openssl_errors.h"
 
 namespace pgcloak::proxy {
 
@@ -65,18 +66,9 @@ bool iequals(std::string_view a, std::string_view b) {
          });
 }
 
-std::string openssl_errors() {
-  std::string out;
-  while (unsigned long code = ERR_get_error()) {
-    if (!out.empty()) out += "; ";
-    if (const char* reason = ERR_reason_error_string(code)) {
-      out += reason;
-    } else {
-      std::array<char, 256> buf{};
-      ERR_error_string_n(code, buf.data(), buf.size());
-      out += buf.data();
-    }
-  }
+// Never empty in a message: "unknown error" when OpenSSL said nothing.
+std::string tls_errors() {
+  std::string out = openssl_errors();
   return out.empty() ? "unknown error" : out;
 }
 
@@ -196,10 +188,10 @@ Result<std::unique_ptr<ssl::context>> make_client_tls(const std::string& ca_file
   ERR_clear_error();
   if (ca_file.empty()) {
     if (SSL_CTX_set_default_verify_paths(h) != 1) {
-      return config_error("cannot load the system trust store for the alert webhook: " + openssl_errors());
+      return config_error("cannot load the system trust store for the alert webhook: " + tls_errors());
     }
   } else if (SSL_CTX_load_verify_locations(h, ca_file.c_str(), nullptr) != 1) {
-    return config_error("cannot load the alert webhook ca_file \"" + ca_file + "\": " + openssl_errors());
+    return config_error("cannot load the alert webhook ca_file \"" + ca_file + "\": " + tls_errors());
   }
   return ctx;
 }

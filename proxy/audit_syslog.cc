@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "proxy/log.h"
+#include "proxy/openssl_errors.h"
 
 namespace pgcloak::proxy {
 
@@ -65,30 +66,6 @@ std::string errno_text(int err) {
   // "Connection refused" -> "connection refused": it follows a colon.
   if (!s.empty()) s[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(s[0])));
   return s;
-}
-
-// Everything on OpenSSL's (thread-local) error queue, oldest first, then
-// clears it: "certificate verify failed; ...".
-std::string openssl_errors() {
-  std::string out;
-  const char* data = nullptr;
-  int flags = 0;
-  while (unsigned long code = ERR_get_error_all(nullptr, nullptr, nullptr, &data, &flags)) {
-    if (!out.empty()) out += "; ";
-    if (const char* reason = ERR_reason_error_string(code)) {
-      out += reason;
-    } else {
-      std::array<char, 256> buf{};
-      ERR_error_string_n(code, buf.data(), buf.size());
-      out += buf.data();
-    }
-    if ((flags & ERR_TXT_STRING) != 0 && data != nullptr && *data != '\0') {
-      out += " (";
-      out += data;
-      out += ")";
-    }
-  }
-  return out;
 }
 
 // PRINTUSASCII (RFC 5424 section 6): the header fields may hold nothing else.

@@ -333,21 +333,27 @@ awaitable<void> Session::handle_cancel(const protocol::CancelRequest& request) {
     log::debug("cancel request with an unknown key ignored", id_);
     co_return;
   }
+  if (co_await deliver_cancel(*upstream_key, "cannot forward cancel request: ")) {
+    log::info("cancel request forwarded to PostgreSQL", id_);
+  }
+}
+
+awaitable<bool> Session::deliver_cancel(BackendKey key, std::string_view failure) {
   auto conn = co_await connect_upstream(config_->upstream, server_.upstream_tls.get());
   if (!conn) {
-    log::warn("cannot forward cancel request: " + conn.error().message, id_);
-    co_return;
+    log::warn(std::string(failure) + conn.error().message, id_);
+    co_return false;
   }
   Buffer b;
-  protocol::CancelRequest{upstream_key->process_id, upstream_key->secret_key}.encode(b);
+  protocol::CancelRequest{key.process_id, key.secret_key}.encode(b);
   auto& up = **conn;
   auto [ec, n] = co_await up.write(asio::buffer(b));
   if (ec) {
-    log::warn("cannot forward cancel request: " + ec.message(), id_);
-    co_return;
+    log::warn(std::string(failure) + ec.message(), id_);
+    co_return false;
   }
-  // PostgreSQL closes the connection once it has acted; wait for that
-  // (bounded) so the client's own wait-for-close ends after the cancel.
+  // PostgreSQL signals the backend, then closes the connection: wait for
+  // that (bounded), so that what follows comes after the cancel.
   Deadline wait(executor_);
   wait.arm(std::chrono::seconds(5), [&up] { up.close(); });
   std::array<uint8_t, 64> sink{};
@@ -355,7 +361,7 @@ awaitable<void> Session::handle_cancel(const protocol::CancelRequest& request) {
     auto [rec, rn] = co_await up.read_some(asio::buffer(sink));
     if (rec) break;
   }
-  log::info("cancel request forwarded to PostgreSQL", id_);
+  co_return true;
 }
 
 // --- authentication phase -------------------------------------------------
@@ -921,29 +927,11 @@ awaitable<void> Session::cancel_upstream_for_detection(std::function<void()> don
       if (f) f();
     }
   } guard{std::move(done)};
-  auto conn = co_await connect_upstream(config_->upstream, server_.upstream_tls.get());
-  if (!conn) {
-    log::warn("cancel action: cannot reach PostgreSQL: " + conn.error().message, id_);
-    co_return;
+  // Once PostgreSQL has closed the cancel connection the signal is sent,
+  // and the client's next statement can go.
+  if (co_await deliver_cancel(upstream_key_, "cancel action: cannot cancel the statement in PostgreSQL: ")) {
+    log::info("cancel action: CancelRequest delivered to PostgreSQL", id_);
   }
-  Buffer b;
-  protocol::CancelRequest{upstream_key_.process_id, upstream_key_.secret_key}.encode(b);
-  auto& up = **conn;
-  auto [ec, n] = co_await up.write(asio::buffer(b));
-  if (ec) {
-    log::warn("cancel action: cannot send the CancelRequest: " + ec.message(), id_);
-    co_return;
-  }
-  // PostgreSQL signals the backend, then closes the connection: once it is
-  // closed the signal has been sent, and the client's next statement can go.
-  Deadline wait(executor_);
-  wait.arm(std::chrono::seconds(5), [&up] { up.close(); });
-  std::array<uint8_t, 64> sink{};
-  for (int i = 0; i < 16; ++i) {
-    auto [rec, rn] = co_await up.read_some(asio::buffer(sink));
-    if (rec) break;
-  }
-  log::info("cancel action: CancelRequest delivered to PostgreSQL", id_);
 }
 
 awaitable<void> Session::close_client_gracefully() {

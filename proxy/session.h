@@ -104,6 +104,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // has been told why).
   awaitable<std::optional<protocol::Buffer>> read_client_auth_message();
   awaitable<void> handle_cancel(const protocol::CancelRequest& request);
+  // Sends PostgreSQL a CancelRequest for `key` and waits (bounded) until it
+  // closes that connection, i.e. has signalled the backend. Failures are
+  // logged with `failure` in front.
+  awaitable<bool> deliver_cancel(BackendKey key, std::string_view failure);
   awaitable<void> relay();
   awaitable<void> close_client_gracefully();
 
