@@ -1482,7 +1482,8 @@ void parse_schedule(Walker& w, const YAML::Node& v, const std::string& name, std
       w.issue(e, name + " entries need both from and to");
       continue;
     }
-    if (slot.from_minute == slot.to_minute % (24 * 60)) {
+    // 00:00 to 24:00 is the whole day; equal times are nothing at all.
+    if (slot.from_minute == slot.to_minute) {
       w.issue(from_at, name + ": from and to are the same time (write 00:00 to 24:00 for a whole day)");
       continue;
     }

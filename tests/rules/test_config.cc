@@ -933,6 +933,7 @@ detection:
         - {days: [mon, tue, wed, thu, fri], from: "07:00", to: "20:00"}
         - {days: [sat], from: "22:00", to: "02:00"}
         - {from: "12:00", to: "24:00"}
+        - {days: [sun], from: "00:00", to: "24:00"}
     - {name: export, detector: bulk_export, copy_to: true, full_scan: false, min_rows: 1000, action: cancel}
     - {name: probe, detector: probing, window: 5m, max_denials: 5, max_predicates: 30, action: terminate}
     - {name: app-misuse, detector: service_account, roles: [app_services], clients: [10.0.0.0/8, "2001:db8::/32", 192.0.2.7],
@@ -968,7 +969,9 @@ detection:
   EXPECT_EQ(d.rules[3].warmup, std::chrono::hours(24));
   const DetectionRule& night = d.rules[4];
   EXPECT_EQ(night.time_zone->name(), "America/New_York");
-  ASSERT_EQ(night.allowed.size(), 3U);
+  ASSERT_EQ(night.allowed.size(), 4U);
+  EXPECT_EQ(night.allowed[3].from_minute, 0U);  // a whole Sunday
+  EXPECT_EQ(night.allowed[3].to_minute, 1440U);
   EXPECT_EQ(night.allowed[0].days, 0x1f);
   EXPECT_EQ(night.allowed[0].from_minute, 420U);
   EXPECT_EQ(night.allowed[0].to_minute, 1200U);
@@ -1095,6 +1098,12 @@ TEST(DetectionConfigTest, WrongKeysTypesAndValuesAreReportedWithTheirLines) {
   EXPECT_TRUE(has_issue(load, 9, "is not a time zone name")) << dump(load);
   EXPECT_TRUE(has_issue(load, 9, "\"someday\" is not one of mon")) << dump(load);
   EXPECT_TRUE(has_issue(load, 9, ".from must be \"HH:MM\"")) << dump(load);
+  auto same = parse_config(R"(
+detection:
+  rules:
+    - {name: n, detector: off_hours, allowed: [{from: "12:00", to: "12:00"}]}
+)");
+  EXPECT_TRUE(has_issue(same, 4, "from and to are the same time")) << dump(same);
   EXPECT_TRUE(has_issue(load, 9, ".to must be \"HH:MM\" (00:00-24:00), not \"25:00\"")) << dump(load);
   EXPECT_TRUE(has_issue(load, 10, "\"10.0.0.0/33\" is not an address or network")) << dump(load);
   EXPECT_TRUE(has_issue(load, 10, "\"not an address\" is not an address or network")) << dump(load);
