@@ -18,7 +18,16 @@
 #   BENCH_TLS [0]          1 = clients use TLS to every target (sslmode=require)
 #   BENCH_UPSTREAM [unix]  unix | tcp: how pgcloak and PgBouncer reach PostgreSQL
 #   BENCH_MODES ["simple prepared"]
-#   BENCH_TARGETS ["direct pgcloak pgbouncer"]; also audit-batched and
+#   BENCH_PGCLOAK_AUTH [scram]  scram | passthrough: auth.mode of every pgcloak
+#                          target. scram is what the PgBouncer target does
+#                          (it terminates SCRAM with its userlist); with
+#                          passthrough PostgreSQL authenticates every client
+#                          through pgcloak and there is no pool
+#   BENCH_PGCLOAK_POOL [1] 1 = upstream.pool on for every pgcloak target (needs
+#                          BENCH_PGCLOAK_AUTH=scram), as PgBouncer's session
+#                          pool keeps its server connections between clients
+#   BENCH_TARGETS ["direct pgcloak pgbouncer"]; also pgcloak-nopool (pgcloak
+#                          with upstream.pool off), audit-batched and
 #                          audit-strict: pgcloak with the audit trail on
 #                          (docs/audit.md), each its own process, so
 #                          "direct pgcloak audit-batched audit-strict" measures
@@ -53,6 +62,8 @@ TLS=${BENCH_TLS:-0}
 UPSTREAM=${BENCH_UPSTREAM:-unix}
 read -r -a MODES <<<"${BENCH_MODES:-simple prepared}"
 read -r -a TARGETS <<<"${BENCH_TARGETS:-direct pgcloak pgbouncer}"
+PGCLOAK_AUTH=${BENCH_PGCLOAK_AUTH:-scram}
+PGCLOAK_POOL=${BENCH_PGCLOAK_POOL:-1}
 PGCLOAK_THREADS=${BENCH_PGCLOAK_THREADS:-0}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS_FILE=${BENCH_RESULTS_FILE:-$ROOT/bench/results/pgbench-$STAMP.json}
@@ -71,11 +82,15 @@ done
   die "BENCH_SECONDS, BENCH_ROUNDS, BENCH_SCALE, BENCH_CLIENTS and BENCH_JOBS must be positive"
 [[ $TLS == 0 || $TLS == 1 ]] || die "BENCH_TLS must be 0 or 1"
 [[ $UPSTREAM == unix || $UPSTREAM == tcp ]] || die "BENCH_UPSTREAM must be unix or tcp"
+[[ $PGCLOAK_AUTH == scram || $PGCLOAK_AUTH == passthrough ]] || die "BENCH_PGCLOAK_AUTH must be scram or passthrough"
+[[ $PGCLOAK_POOL == 0 || $PGCLOAK_POOL == 1 ]] || die "BENCH_PGCLOAK_POOL must be 0 or 1"
+[[ $PGCLOAK_POOL == 0 || $PGCLOAK_AUTH == scram ]] || die "BENCH_PGCLOAK_POOL=1 needs BENCH_PGCLOAK_AUTH=scram"
 for m in "${MODES[@]}"; do
   [[ $m == simple || $m == extended || $m == prepared ]] || die "unknown mode $m"
 done
 for t in "${TARGETS[@]}"; do
-  [[ $t == direct || $t == pgcloak || $t == pgbouncer || $t == audit-batched || $t == audit-strict ||
+  [[ $t == direct || $t == pgcloak || $t == pgcloak-nopool || $t == pgbouncer || $t == audit-batched ||
+    $t == audit-strict ||
     $t == metrics-off || $t == metrics-scraped ]] || die "unknown target $t"
 done
 for tool in pgbench psql pgbouncer openssl python3 setpriv curl; do
@@ -196,10 +211,12 @@ METRICS_OFF_PORT=$(next_port)
 taken+="$METRICS_OFF_PORT "
 METRICS_SCRAPED_PORT=$(next_port)
 taken+="$METRICS_SCRAPED_PORT "
+NOPOOL_PORT=$(next_port)
+taken+="$NOPOOL_PORT "
 # Every pgcloak serves metrics on its own port (the default 9930 would be
 # shared by all of them).
 declare -A METRICS_PORT
-for t in pgcloak audit-batched audit-strict metrics-scraped; do
+for t in pgcloak pgcloak-nopool audit-batched audit-strict metrics-scraped; do
   METRICS_PORT[$t]=$(next_port)
   taken+="${METRICS_PORT[$t]} "
 done
@@ -231,6 +248,26 @@ pgbench -i -q -s "$SCALE" -h "$PG_DIR" -p "$PG_PORT" -U "$BENCH_USER" "$BENCH_DB
 
 if [[ $UPSTREAM == unix ]]; then UP_HOST=$PG_DIR; else UP_HOST=127.0.0.1; fi
 
+# auth.mode scram: pgcloak looks SCRAM verifiers up over its catalog login
+# with the shop fixture's get_auth (deploy/fixture/shop.sql), as PgBouncer
+# does with auth_query.
+LOOKUP_USER=pgcloak_lookup
+LOOKUP_PASSWORD=lookup-pw
+if [[ $PGCLOAK_AUTH == scram ]]; then
+  pgc_psql "$PG_DIR" -d "$BENCH_DB" >/dev/null <<SQL || die "cannot create pgcloak's verifier lookup"
+CREATE ROLE $LOOKUP_USER LOGIN PASSWORD '$LOOKUP_PASSWORD';
+CREATE SCHEMA pgcloak;
+REVOKE ALL ON SCHEMA pgcloak FROM PUBLIC;
+GRANT USAGE ON SCHEMA pgcloak TO $LOOKUP_USER;
+CREATE FUNCTION pgcloak.get_auth(p_usename text) RETURNS TABLE (usename name, passwd text)
+LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS \$\$ SELECT a.rolname, a.rolpassword FROM pg_catalog.pg_authid AS a
+        WHERE a.rolname = p_usename AND a.rolcanlogin AND NOT a.rolsuper \$\$;
+REVOKE ALL ON FUNCTION pgcloak.get_auth(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pgcloak.get_auth(text) TO $LOOKUP_USER;
+SQL
+fi
+
 # --- pgcloak -----------------------------------------------------------------
 
 # start_pgcloak NAME PORT [DURABILITY]: one pgcloak; with DURABILITY
@@ -238,7 +275,8 @@ if [[ $UPSTREAM == unix ]]; then UP_HOST=$PG_DIR; else UP_HOST=127.0.0.1; fi
 # metrics-off.
 start_pgcloak() {
   local name=$1 port=$2 durability=${3:-}
-  local tls_cert="" tls_key="" conf=$WORK/$name.yaml
+  local tls_cert="" tls_key="" conf=$WORK/$name.yaml pool=false
+  [[ $PGCLOAK_POOL == 1 && $name != pgcloak-nopool ]] && pool=true
   if ((TLS)); then tls_cert=$TLS_DIR/server.crt; tls_key=$TLS_DIR/server.key; fi
   cat >"$conf" <<EOF
 listen: ["127.0.0.1:$port"]
@@ -257,6 +295,10 @@ upstream:
   sslmode: disable
   sslrootcert: ""
   connect_timeout: 5s
+  pool:
+    enabled: $pool
+auth:
+  mode: $PGCLOAK_AUTH
 timeouts:
   handshake: 10s
   client_idle: 0s
@@ -264,6 +306,9 @@ timeouts:
 log:
   level: warn
 EOF
+  if [[ $PGCLOAK_AUTH == scram ]]; then
+    printf 'catalog:\n  user: %s\n  password: %s\n' "$LOOKUP_USER" "$LOOKUP_PASSWORD" >>"$conf"
+  fi
   if [[ $name == metrics-off ]]; then
     printf 'metrics:\n  enabled: false\n' >>"$conf"
   else
@@ -342,6 +387,7 @@ target_port() {
   case $1 in
     direct) echo "$PG_PORT" ;;
     pgcloak) echo "$PGCLOAK_PORT" ;;
+    pgcloak-nopool) echo "$NOPOOL_PORT" ;;
     pgbouncer) echo "$BOUNCER_PORT" ;;
     audit-batched) echo "$AUDIT_BATCHED_PORT" ;;
     audit-strict) echo "$AUDIT_STRICT_PORT" ;;
@@ -369,6 +415,7 @@ export PGPASSWORD=$BENCH_PASSWORD PGSSLMODE=$SSLMODE PGCONNECT_TIMEOUT=10
 for t in "${TARGETS[@]}"; do
   case $t in
     pgcloak) start_pgcloak pgcloak "$PGCLOAK_PORT" ;;
+    pgcloak-nopool) start_pgcloak pgcloak-nopool "$NOPOOL_PORT" ;;
     pgbouncer) start_pgbouncer ;;
     audit-batched) start_pgcloak audit-batched "$AUDIT_BATCHED_PORT" batched ;;
     audit-strict) start_pgcloak audit-strict "$AUDIT_STRICT_PORT" strict ;;
@@ -396,7 +443,7 @@ LOADAVG=$(cut -d' ' -f1 /proc/loadavg)
 cat <<EOF
 pgbench -S (read-only, scale $SCALE): $CLIENTS clients, $JOBS threads, ${DURATION}s per run, $ROUNDS round(s), median reported
 client TLS: $( ((TLS)) && echo "on (sslmode=require) for every target" || echo off); pgcloak/PgBouncer -> PostgreSQL over $UPSTREAM$( [[ $UPSTREAM == unix ]] && echo " socket" || echo " 127.0.0.1"), plaintext
-PostgreSQL $PG_VERSION, PgBouncer $BOUNCER_VERSION (session mode), pgcloak ${PGCLOAK_VERSION:-?} ($BUILD_TYPE, threads=$PGCLOAK_THREADS)
+PostgreSQL $PG_VERSION, PgBouncer $BOUNCER_VERSION (session mode, auth_type scram-sha-256), pgcloak ${PGCLOAK_VERSION:-?} ($BUILD_TYPE, threads=$PGCLOAK_THREADS, auth.mode $PGCLOAK_AUTH, upstream.pool $( ((PGCLOAK_POOL)) && echo on || echo off))
 host: $CORES cores ($CPU_MODEL), load average $LOADAVG before the runs
 NOTE: pgbench, PostgreSQL and the proxy all share these $CORES cores. pgbench
 itself burns much of the CPU, and a proxy adds a process that competes with
@@ -409,10 +456,28 @@ if awk -v l="$LOADAVG" -v c="$CORES" 'BEGIN {exit !(l > c / 2)}'; then
   echo
 fi
 
-RUNS_TSV=$WORK/runs.tsv # round mode target tps latency_ms failed ok proxy_cpu_us_per_tx
+RUNS_TSV=$WORK/runs.tsv # round mode target tps latency_ms failed ok proxy_cpu_us_per_tx pg_cpu_us_per_tx
 CLK_TCK=$(getconf CLK_TCK)
 # CPU time (user + system, in clock ticks) a process has used so far.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# CPU time all of PostgreSQL has used so far: the postmaster, its children
+# that have exited (cutime/cstime, so backends of finished runs count) and
+# those still running (a pooled backend lives across runs).
+PG_POSTMASTER=$(head -n 1 "$PG_DIR/postmaster.pid")
+pg_cpu_ticks() {
+  local total child i
+  # Backends of a run that just ended count once the postmaster has reaped
+  # them (a zombie's own figures are gone); give it a moment.
+  for ((i = 0; i < 40; i++)); do
+    ps --ppid "$PG_POSTMASTER" -o stat= 2>/dev/null | grep -q '^Z' || break
+    sleep 0.05
+  done
+  total=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$PG_POSTMASTER/stat" 2>/dev/null || echo 0)
+  for child in $(pgrep -P "$PG_POSTMASTER"); do
+    total=$((total + $(cpu_ticks "$child")))
+  done
+  echo "$total"
+}
 : >"$RUNS_TSV"
 RUN_TIMEOUT=$((DURATION + 60))
 ANY_FAILED=0
@@ -444,9 +509,11 @@ for ((round = 1; round <= ROUNDS; round++)); do
       ppid=${PROXY_PID[$target]:-}
       cpu0=0
       [[ -n $ppid ]] && cpu0=$(cpu_ticks "$ppid")
+      pg0=$(pg_cpu_ticks)
       run_pgbench "$mode" "$target" "$DURATION" "$run_log" || ok=0
       cpu1=0
       [[ -n $ppid ]] && cpu1=$(cpu_ticks "$ppid")
+      pg1=$(pg_cpu_ticks)
       out=$(<"$run_log")
       tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | tail -n 1)
       lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' <<<"$out" | tail -n 1)
@@ -462,8 +529,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
       # (pgbench, PostgreSQL and the proxy share the cores).
       cpu_tx=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$CLK_TCK" -v t="${tps:-0}" -v d="$DURATION" -v p="$ppid" \
         'BEGIN {if (p == "" || t <= 0) print "null"; else printf "%.1f", (b - a) / hz * 1e6 / (t * d)}')
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$mode" "$target" \
-        "${tps:-0}" "${lat:-0}" "${failed:-0}" "$ok" "$cpu_tx" >>"$RUNS_TSV"
+      # PostgreSQL's: a fresh backend per client (direct, or a proxy that
+      # does not pool) costs more per transaction than a warm one.
+      pg_tx=$(awk -v a="$pg0" -v b="$pg1" -v hz="$CLK_TCK" -v t="${tps:-0}" -v d="$DURATION" \
+        'BEGIN {if (t <= 0) print "null"; else printf "%.1f", (b - a) / hz * 1e6 / (t * d)}')
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$mode" "$target" \
+        "${tps:-0}" "${lat:-0}" "${failed:-0}" "$ok" "$cpu_tx" "$pg_tx" >>"$RUNS_TSV"
     done
   done
 done
@@ -472,7 +543,7 @@ done
 
 median() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
-SUMMARY_TSV=$WORK/summary.tsv # mode target tps latency ratio proxy_cpu_us_per_tx
+SUMMARY_TSV=$WORK/summary.tsv # mode target tps latency ratio proxy_cpu_us_per_tx pg_cpu_us_per_tx
 : >"$SUMMARY_TSV"
 for mode in "${MODES[@]}"; do
   direct_tps=$(awk -F'\t' -v m="$mode" '$2 == m && $3 == "direct" && $7 == 1 {print $4}' "$RUNS_TSV" | median)
@@ -482,14 +553,17 @@ for mode in "${MODES[@]}"; do
     ratio=$(awk -v a="$tps" -v b="$direct_tps" 'BEGIN {if (b > 0) printf "%.3f", a / b; else print "null"}')
     cpu=$(awk -F'\t' -v m="$mode" -v t="$target" '$2 == m && $3 == t && $7 == 1 && $8 != "null" {print $8}' "$RUNS_TSV" | median)
     [[ $target == direct ]] && cpu=null
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$target" "$tps" "$lat" "$ratio" "$cpu" >>"$SUMMARY_TSV"
+    pgcpu=$(awk -F'\t' -v m="$mode" -v t="$target" '$2 == m && $3 == t && $7 == 1 && $9 != "null" {print $9}' "$RUNS_TSV" | median)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$target" "$tps" "$lat" "$ratio" "$cpu" "$pgcpu" >>"$SUMMARY_TSV"
   done
 done
 
-printf '%-9s %-14s %12s %12s %10s %14s\n' mode target tps latency_ms vs_direct proxy_cpu_us/tx
-printf '%-9s %-14s %12s %12s %10s %14s\n' --------- -------------- ------------ ------------ ---------- --------------
-while IFS=$'\t' read -r mode target tps lat ratio cpu; do
-  printf '%-9s %-14s %12.1f %12.3f %10s %14s\n' "$mode" "$target" "$tps" "$lat" "$ratio" "$cpu"
+printf '%-9s %-15s %12s %12s %10s %10s %15s %12s\n' mode target tps latency_ms vs_direct vs_bouncer proxy_cpu_us/tx pg_cpu_us/tx
+printf '%-9s %-15s %12s %12s %10s %10s %15s %12s\n' --------- --------------- ------------ ------------ ---------- ---------- --------------- ------------
+while IFS=$'\t' read -r mode target tps lat ratio cpu pgcpu; do
+  bouncer=$(awk -F'\t' -v m="$mode" '$1 == m && $2 == "pgbouncer" {print $3}' "$SUMMARY_TSV")
+  vs_bouncer=$(awk -v a="$tps" -v b="${bouncer:-0}" 'BEGIN {if (b > 0) printf "%.3f", a / b; else print "-"}')
+  printf '%-9s %-15s %12.1f %12.3f %10s %10s %15s %12s\n' "$mode" "$target" "$tps" "$lat" "$ratio" "$vs_bouncer" "$cpu" "$pgcpu"
 done <"$SUMMARY_TSV"
 # Audit cost: each audit target against plain pgcloak in the same run.
 if grep -q $'\tpgcloak\t' "$SUMMARY_TSV" && grep -q $'\taudit-' "$SUMMARY_TSV"; then
@@ -527,14 +601,15 @@ json_str() { python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1";
     "$(json_str "$CPU_MODEL")" "$(json_str "$(uname -r)")" "$LOADAVG"
   printf '  "versions": {"pgcloak": %s, "pgcloak_build": "%s", "postgresql": %s, "pgbouncer": %s},\n' \
     "$(json_str "$PGCLOAK_VERSION")" "$BUILD_TYPE" "$(json_str "$PG_VERSION")" "$(json_str "$BOUNCER_VERSION")"
-  printf '  "params": {"scale": %s, "clients": %s, "jobs": %s, "seconds": %s, "rounds": %s, "warmup_seconds": %s, "client_tls": %s, "upstream": "%s", "pgcloak_threads": %s, "pgbouncer_pool_mode": "session"},\n' \
+  printf '  "params": {"scale": %s, "clients": %s, "jobs": %s, "seconds": %s, "rounds": %s, "warmup_seconds": %s, "client_tls": %s, "upstream": "%s", "pgcloak_threads": %s, "pgcloak_auth": "%s", "pgcloak_pool": %s, "pgbouncer_pool_mode": "session"},\n' \
     "$SCALE" "$CLIENTS" "$JOBS" "$DURATION" "$ROUNDS" "$WARMUP" \
-    "$( ((TLS)) && echo true || echo false)" "$UPSTREAM" "$PGCLOAK_THREADS"
+    "$( ((TLS)) && echo true || echo false)" "$UPSTREAM" "$PGCLOAK_THREADS" "$PGCLOAK_AUTH" \
+    "$( ((PGCLOAK_POOL)) && echo true || echo false)"
   printf '  "runs": [\n'
-  awk -F'\t' '{printf "%s    {\"round\": %s, \"mode\": \"%s\", \"target\": \"%s\", \"tps\": %s, \"latency_ms\": %s, \"failed_transactions\": %s, \"ok\": %s, \"proxy_cpu_us_per_tx\": %s}", (NR > 1 ? ",\n" : ""), $1, $2, $3, $4, $5, $6, ($7 == 1 ? "true" : "false"), $8} END {print ""}' "$RUNS_TSV"
+  awk -F'\t' '{printf "%s    {\"round\": %s, \"mode\": \"%s\", \"target\": \"%s\", \"tps\": %s, \"latency_ms\": %s, \"failed_transactions\": %s, \"ok\": %s, \"proxy_cpu_us_per_tx\": %s, \"postgres_cpu_us_per_tx\": %s}", (NR > 1 ? ",\n" : ""), $1, $2, $3, $4, $5, $6, ($7 == 1 ? "true" : "false"), $8, $9} END {print ""}' "$RUNS_TSV"
   printf '  ],\n'
   printf '  "summary": [\n'
-  awk -F'\t' '{printf "%s    {\"mode\": \"%s\", \"target\": \"%s\", \"tps_median\": %s, \"latency_ms_median\": %s, \"ratio_to_direct\": %s, \"proxy_cpu_us_per_tx\": %s}", (NR > 1 ? ",\n" : ""), $1, $2, $3, $4, $5, ($6 == "" ? "null" : $6)} END {print ""}' "$SUMMARY_TSV"
+  awk -F'\t' '{printf "%s    {\"mode\": \"%s\", \"target\": \"%s\", \"tps_median\": %s, \"latency_ms_median\": %s, \"ratio_to_direct\": %s, \"proxy_cpu_us_per_tx\": %s, \"postgres_cpu_us_per_tx\": %s}", (NR > 1 ? ",\n" : ""), $1, $2, $3, $4, $5, ($6 == "" ? "null" : $6), ($7 == "" ? "null" : $7)} END {print ""}' "$SUMMARY_TSV"
   printf '  ]\n'
   printf '}\n'
 } >"$RESULTS_FILE"

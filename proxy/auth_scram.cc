@@ -23,6 +23,7 @@
 #include "protocol/message_type.h"
 #include "proxy/log.h"
 #include "proxy/run_blocking.h"
+#include "proxy/server_pool.h"
 #include "proxy/session.h"
 
 namespace pgcloak::proxy {
@@ -191,11 +192,50 @@ awaitable<bool> Session::authenticate_scram() {
   queue_to_client(encode_auth(protocol::AuthCode::sasl_final, *server_final));
   if (!co_await flush_client()) co_return false;
 
-  // 3. PostgreSQL, authenticated with the ClientKey the client proved.
+  // 3. A parked connection PostgreSQL authenticated for this very role and
+  // start-up earlier (upstream.pool, server_pool.h), else a new one,
+  // authenticated with the ClientKey the client proved.
+  if (server_.upstream_pool) {
+    pool_key_ = ServerPool::key_for(startup_.parameters);
+    if (auto pooled = server_.upstream_pool->checkout(pool_key_)) {
+      const BackendKey key = pooled->key;
+      const auto born = pooled->born;
+      auto parameters = std::move(pooled->parameters);
+      if (auto stream = Stream::adopt(executor_, std::move(pooled->stream))) {
+        upstream_ = std::move(stream);
+        upstream_born_ = born;
+        upstream_reused_ = true;
+        if (server_.metrics) server_.metrics->on_upstream_connection(true);
+        co_return co_await resume_pooled_session(key, std::move(parameters));
+      }
+    }
+  }
   if (!co_await open_upstream()) co_return false;
   if (!co_await authenticate_upstream_scram(*server.client_key(), server.verifier(), lookup_db))
     co_return false;
   co_return co_await relay_session_setup();
+}
+
+awaitable<bool> Session::resume_pooled_session(BackendKey key,
+                                               std::vector<std::pair<std::string, std::string>> parameters) {
+  identity_.upstream_tls = upstream_->is_tls();
+  queue_to_client(encode_auth(protocol::AuthCode::ok));
+  for (auto& [name, value] : parameters) {
+    Buffer b;
+    protocol::ParameterStatus{name, value}.encode(b);
+    queue_to_client(b);
+    identity_.server_parameters[std::move(name)] = std::move(value);
+  }
+  upstream_key_ = key;
+  client_key_ = server_.cancels.add(upstream_key_);
+  registered_key_ = true;
+  Buffer b;
+  protocol::BackendKeyData{client_key_.process_id, client_key_.secret_key}.encode(b);
+  queue_to_client(b);
+  Buffer ready;
+  protocol::ReadyForQuery{'I'}.encode(ready);
+  log::debug("reusing PostgreSQL backend " + std::to_string(key.process_id) + " from the upstream pool", id_);
+  co_return co_await finish_session_setup(std::move(ready));
 }
 
 awaitable<bool> Session::authenticate_upstream_scram(const ScramKey& client_key,

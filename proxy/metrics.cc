@@ -131,6 +131,22 @@ const std::vector<MetricSpec>& spec_table() {
        MetricType::Counter,
        "Failed connection attempts to the upstream PostgreSQL.",
        {}},
+      {MetricId::upstream_connections_total,
+       "pgcloak_upstream_connections_total",
+       MetricType::Counter,
+       "PostgreSQL connections sessions started on, by source: new, or pool (reused, upstream.pool).",
+       {"source"}},
+      {MetricId::upstream_pool_idle,
+       "pgcloak_upstream_pool_idle",
+       MetricType::Gauge,
+       "PostgreSQL connections parked in the upstream pool, waiting for a client.",
+       {}},
+      {MetricId::upstream_pool_closed_total,
+       "pgcloak_upstream_pool_closed_total",
+       MetricType::Counter,
+       "Connections the upstream pool closed instead of reusing, by reason (reset_failed, broken, expired, "
+       "full, shutdown).",
+       {"reason"}},
       {MetricId::config_reloads_total,
        "pgcloak_config_reloads_total",
        MetricType::Counter,
@@ -405,6 +421,13 @@ Metrics::Metrics(MetricsOptions options)
   // is nothing to fail.
   audit_healthy_->Set(1);
   upstream_errors_ = &counter(MetricId::upstream_connect_errors_total, {});
+  upstream_connections_[0] = &counter(MetricId::upstream_connections_total, {"new"});
+  upstream_connections_[1] = &counter(MetricId::upstream_connections_total, {"pool"});
+  pool_idle_ = &gauge(MetricId::upstream_pool_idle, {});
+  for (size_t i = 0; i < pool_closed_.size(); ++i) {
+    pool_closed_[i] = &counter(MetricId::upstream_pool_closed_total,
+                               {std::string(pool_close_name(static_cast<PoolClose>(i)))});
+  }
   reloads_[0] = &counter(MetricId::config_reloads_total, {"applied"});
   reloads_[1] = &counter(MetricId::config_reloads_total, {"rejected"});
   gauge(MetricId::build_info, {options_.version.empty() ? "unknown" : options_.version}).Set(1);
@@ -596,7 +619,7 @@ void Metrics::on_alert(std::string_view detector, std::string_view user) {
 }
 
 void Metrics::set_audit_stats(const AuditStats& stats, uint64_t queue_limit) {
-  std::lock_guard lock(audit_mu_);
+  std::lock_guard lock(samples_mu_);
   audit_queue_depth_->Set(static_cast<double>(stats.queued));
   audit_queue_limit_->Set(static_cast<double>(queue_limit));
   audit_latency_->Set(std::chrono::duration<double>(stats.last_write_latency).count());
@@ -614,6 +637,21 @@ void Metrics::set_audit_stats(const AuditStats& stats, uint64_t queue_limit) {
 
 void Metrics::on_upstream_connect_error() {
   upstream_errors_->Increment();
+}
+
+void Metrics::on_upstream_connection(bool reused) {
+  upstream_connections_[reused ? 1 : 0]->Increment();
+}
+
+void Metrics::set_pool_stats(const PoolStats& stats) {
+  std::lock_guard lock(samples_mu_);
+  pool_idle_->Set(static_cast<double>(stats.idle));
+  for (size_t i = 0; i < pool_closed_.size(); ++i) {
+    if (stats.closed[i] > pool_closed_seen_[i]) {
+      pool_closed_[i]->Increment(static_cast<double>(stats.closed[i] - pool_closed_seen_[i]));
+    }
+    pool_closed_seen_[i] = stats.closed[i];
+  }
 }
 
 void Metrics::on_config_reload(ReloadResult result) {

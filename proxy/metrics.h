@@ -36,6 +36,7 @@
 #include <prometheus/registry.h>
 
 #include "proxy/audit_log.h"
+#include "proxy/server_pool.h"
 #include "rules/statement_audit.h"
 
 namespace pgcloak::proxy {
@@ -64,6 +65,9 @@ enum class MetricId : uint8_t {
   audit_write_failures_total,
   audit_healthy,
   upstream_connect_errors_total,
+  upstream_connections_total,
+  upstream_pool_idle,
+  upstream_pool_closed_total,
   config_reloads_total,
   label_overflow_total,
   build_info,
@@ -291,6 +295,12 @@ class Metrics {
   // cumulative and turned into counter increments here.
   void set_audit_stats(const AuditStats& stats, uint64_t queue_limit);
   void on_upstream_connect_error();
+  // A session got its PostgreSQL connection: reused from the upstream pool,
+  // or newly opened.
+  void on_upstream_connection(bool reused);
+  // From ServerPool::stats(), in a scrape hook; cumulative counts become
+  // counter increments here.
+  void set_pool_stats(const PoolStats& stats);
   void on_config_reload(ReloadResult result);
 
   // Runs before every serialize(), on the scraping thread: the place to
@@ -336,6 +346,10 @@ class Metrics {
   prometheus::Counter* audit_failures_ = nullptr;
   prometheus::Gauge* audit_healthy_ = nullptr;
   prometheus::Counter* upstream_errors_ = nullptr;
+  std::array<prometheus::Counter*, 2> upstream_connections_{};  // [new, pool]
+  prometheus::Gauge* pool_idle_ = nullptr;
+  std::array<prometheus::Counter*, static_cast<size_t>(PoolClose::count_)> pool_closed_{};
+  std::array<uint64_t, static_cast<size_t>(PoolClose::count_)> pool_closed_seen_{};
   std::array<prometheus::Counter*, 2> reloads_{};  // [applied, rejected]
   metrics_detail::RelationSeries other_relation_;
 
@@ -362,7 +376,7 @@ class Metrics {
   metrics_detail::ShardedMap<prometheus::Counter> anomalies_by_key_;
   metrics_detail::ShardedMap<prometheus::Counter> alerts_by_key_;
 
-  std::mutex audit_mu_;
+  std::mutex samples_mu_;
   uint64_t audit_written_seen_ = 0;
   uint64_t audit_failures_seen_ = 0;
 

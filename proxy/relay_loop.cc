@@ -253,6 +253,8 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   bool from_client(Bytes chunk);
   bool from_server(Bytes chunk);
   void client_gone();
+  // Session pooling: whether the upstream can serve another client now.
+  bool recyclable() const;
   void upstream_gone(bool error, int err);
   void begin_closing();
   bool idle() const {
@@ -272,6 +274,12 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   Buffer from_client_start_;
   std::chrono::milliseconds client_idle_;
   std::function<void()> on_closed_;
+  std::function<void(DetachedStream)> recycle_;  // session pooling; empty = close the upstream
+  bool upstream_is_unix_ = false;
+  bool recycle_now_ = false;  // the client left cleanly: close_now() hands the upstream to recycle_
+  // Extended-protocol messages forwarded since the last Sync: PostgreSQL may
+  // be skipping to a Sync after an error, so the connection cannot be reset.
+  bool unsynced_ = false;
   protocol::FrameRelay client_frames_;
   protocol::FrameRelay server_frames_;
   PolicyHooks hooks_;
@@ -337,6 +345,8 @@ RelayConnection::RelayConnection(RelayLoop& loop, RelayStart start)
       from_client_start_(std::move(start.from_client)),
       client_idle_(start.client_idle),
       on_closed_(std::move(start.on_closed)),
+      recycle_(std::move(start.recycle_upstream)),
+      upstream_is_unix_(start.upstream.is_unix),
       client_frames_(start.max_message_size),
       server_frames_(start.max_message_size),
       hooks_(std::move(start.policy)),
@@ -634,8 +644,15 @@ bool RelayConnection::from_client(Bytes chunk) {
         if (type == fe::query || type == fe::sync || type == fe::function_call) {
           ++pending_ready_;
           server_at_ready_ = false;
+          if (type == fe::sync) unsynced_ = false;
         } else if (type == fe::terminate) {
           saw_terminate = true;
+          // Session pooling: decided in client_frame, where everything
+          // before the Terminate has been accounted for.
+          if (recycle_) return protocol::FrameAction::hold;
+        } else if (type == fe::parse || type == fe::bind || type == fe::describe || type == fe::execute ||
+                   type == fe::close) {
+          unsynced_ = true;
         }
         if (!tracking()) {
           // Unmasked sessions are not analysed, but DDL they run must
@@ -685,6 +702,16 @@ void RelayConnection::note_ddl() {
 }
 
 void RelayConnection::client_frame(uint8_t type, Bytes frame, Buffer& out) {
+  if (type == fe::terminate) {
+    // Only held with session pooling: a clean exit keeps the backend (the
+    // Terminate is not forwarded), anything else ends it as usual.
+    if (recyclable()) {
+      recycle_now_ = true;
+    } else {
+      out.insert(out.end(), frame.begin(), frame.end());
+    }
+    return;
+  }
   if (!tracking()) {
     // Held only to spot DDL (see from_client); forwarded unchanged.
     const Bytes body = frame.subspan(5);
@@ -1572,10 +1599,24 @@ void RelayConnection::begin_closing() {
   closing_since_ = Clock::now();
 }
 
+bool RelayConnection::recyclable() const {
+  return recycle_ && !draining_ && !upstream_.dead && !terminate_sent_ && !closing_ && idle() &&
+         transaction_status_ == 'I' && !unsynced_ && server_frames_.at_boundary() && !cutting_ &&
+         !cancel_in_flight_ && !terminate_later_;
+}
+
 void RelayConnection::client_gone() {
   client_.dead = true;
   client_.out.clear();
   client_.out_begin = 0;
+  // Session pooling: an idle client that just went away leaves a reusable
+  // backend (the Terminate has not been forwarded).
+  if (recyclable()) {
+    recycle_now_ = true;
+    terminate_sent_ = true;
+    close_now();
+    return;
+  }
   // The client vanished without Terminate; end the backend cleanly rather
   // than leave PostgreSQL to notice a reset.
   if (!terminate_sent_ && !upstream_.dead && client_frames_.at_boundary()) {
@@ -1655,6 +1696,15 @@ void RelayConnection::close_now() {
     ERR_clear_error();
     SSL_shutdown(client_.ssl.get());
     ERR_clear_error();
+  }
+  if (recycle_now_ && recycle_ && upstream_.fd >= 0 && !upstream_.dead && upstream_.pending() == 0) {
+    epoll_ctl(loop_.epoll_fd_, EPOLL_CTL_DEL, upstream_.fd, nullptr);
+    DetachedStream kept;
+    kept.fd = upstream_.fd;
+    kept.ssl = std::move(upstream_.ssl);
+    kept.is_unix = upstream_is_unix_;
+    upstream_.fd = -1;
+    recycle_(std::move(kept));
   }
   for (Side* s : {&client_, &upstream_}) {
     if (s->fd >= 0) {

@@ -113,6 +113,12 @@ struct RelayStart {
   ObserveHooks observe;  // empty = no metrics or console
   // Called on the loop thread once both descriptors are closed.
   std::function<void()> on_closed;
+  // Session pooling (upstream.pool, server_pool.h): when set and the client
+  // leaves cleanly (Terminate or EOF while idle outside a transaction, with
+  // nothing owed either way), the upstream is handed here on the loop thread,
+  // out of epoll and with its TLS state, instead of being closed; PostgreSQL
+  // never sees the client's Terminate.
+  std::function<void(DetachedStream)> recycle_upstream;
 };
 
 // Thread-safe way to act on a relaying connection from elsewhere.

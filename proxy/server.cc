@@ -166,6 +166,18 @@ Status Server::start() {
     guards_.push_back(asio::make_work_guard(*workers_.back()));
   }
   auto& main_ctx = *workers_.front();
+  if (cfg.upstream.pool.enabled) {
+    state_.upstream_pool = std::make_unique<ServerPool>(cfg.upstream.pool, main_ctx.get_executor());
+    if (state_.metrics) {
+      state_.metrics->add_scrape_hook([pool = state_.upstream_pool.get(), m = state_.metrics.get()] {
+        m->set_pool_stats(pool->stats());
+      });
+    }
+    log::info("upstream pool: up to " + std::to_string(cfg.upstream.pool.max_idle) +
+              " idle PostgreSQL connections, idle_timeout " +
+              std::to_string(cfg.upstream.pool.idle_timeout.count() / 1000) + "s, max_lifetime " +
+              std::to_string(cfg.upstream.pool.max_lifetime.count() / 1000) + "s");
+  }
 
   for (const auto& l : cfg.listen) {
     error_code ec;
@@ -559,6 +571,7 @@ int Server::run() {
   if (state_.detector && !state_.config->detection.state_file.empty()) {
     asio::co_spawn(main_ctx, save_detection_state_periodically(), asio::detached);
   }
+  if (state_.upstream_pool) asio::co_spawn(main_ctx, state_.upstream_pool->run(), asio::detached);
 
   if (http_) {
     asio::co_spawn(*http_ctx_, probe_upstream(), asio::detached);
@@ -699,6 +712,8 @@ awaitable<void> Server::shutdown() {
       co_await tick.async_wait(use_nothrow);
     }
   }
+  // Sessions are gone; so is any reason to keep their backends.
+  if (state_.upstream_pool) state_.upstream_pool->close_all();
   log::info("shutdown complete");
   signals_->cancel();
   for (auto& g : guards_) g.reset();

@@ -19,6 +19,7 @@
 #include "proxy/pg_side_connection.h"
 #include "proxy/policy_store.h"
 #include "proxy/relay_loop.h"
+#include "proxy/server_pool.h"
 #include "rules/config.h"
 #include "rules/detection.h"
 
@@ -66,6 +67,9 @@ struct ServerState {
   // null when auth.mode is passthrough.
   std::unique_ptr<PgSidePool> catalog;
   std::unique_ptr<AuthLookup> auth_lookup;
+  // Session pooling of PostgreSQL connections (upstream.pool; only with
+  // auth.mode scram); null when off.
+  std::unique_ptr<ServerPool> upstream_pool;
   // The masking policy per login, from the masking config and the catalog
   // (kept fresh by catalog_refresher when masking is enabled).
   std::unique_ptr<PolicyStore> policies;

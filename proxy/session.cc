@@ -377,6 +377,8 @@ awaitable<bool> Session::open_upstream() {
   }
   server_.upstream_health.note_ok();
   upstream_ = std::move(conn).value();
+  upstream_born_ = std::chrono::steady_clock::now();
+  if (server_.metrics) server_.metrics->on_upstream_connection(false);
   identity_.upstream_tls = upstream_->is_tls();
   Buffer b;
   startup_.encode(b);
@@ -659,27 +661,9 @@ awaitable<bool> Session::relay_session_setup() {
           co_await send_error(rfq.error());
           co_return false;
         }
-        identity_.authenticated = true;
-        if (auto it = identity_.server_parameters.find("application_name");
-            it != identity_.server_parameters.end()) {
-          identity_.application_name = it->second;
-        }
-        // Before the client hears ReadyForQuery: a blocked user never gets a
-        // usable session.
-        if (!co_await detection_admits()) co_return false;
-        queue_to_client(upstream_in_.view().first(size));
+        Buffer ready(upstream_in_.view().begin(), upstream_in_.view().begin() + static_cast<ptrdiff_t>(size));
         upstream_in_.consume(size);
-        log::info("session ready: user=" + identity_.user + " database=" + identity_.database +
-                      " application_name=\"" + identity_.application_name +
-                      "\" client=" + identity_.client_address +
-                      (identity_.tls ? " tls=" + identity_.tls_info.version + "/" + identity_.tls_info.cipher
-                                     : std::string(" tls=off")) +
-                      (identity_.tls_info.client_cert_subject.empty()
-                           ? std::string()
-                           : " client_cert=\"" + identity_.tls_info.client_cert_subject + "\"") +
-                      " upstream_tls=" + (identity_.upstream_tls ? "on" : "off"),
-                  id_);
-        co_return true;
+        co_return co_await finish_session_setup(std::move(ready));
       }
       default:
         co_await send_error(Error::protocol("unexpected message type " + printable_type(frame.type()) +
@@ -688,6 +672,32 @@ awaitable<bool> Session::relay_session_setup() {
     }
     upstream_in_.consume(size);
   }
+}
+
+awaitable<bool> Session::finish_session_setup(Buffer ready_for_query) {
+  identity_.authenticated = true;
+  if (auto it = identity_.server_parameters.find("application_name");
+      it != identity_.server_parameters.end()) {
+    identity_.application_name = it->second;
+  }
+  // Before the client hears ReadyForQuery: a blocked user never gets a
+  // usable session.
+  if (!co_await detection_admits()) co_return false;
+  queue_to_client(ready_for_query);
+  log::info("session ready: user=" + identity_.user + " database=" + identity_.database +
+                " application_name=\"" + identity_.application_name +
+                "\" client=" + identity_.client_address +
+                (identity_.tls ? " tls=" + identity_.tls_info.version + "/" + identity_.tls_info.cipher
+                               : std::string(" tls=off")) +
+                (identity_.tls_info.client_cert_subject.empty()
+                     ? std::string()
+                     : " client_cert=\"" + identity_.tls_info.client_cert_subject + "\"") +
+                " upstream_tls=" + (identity_.upstream_tls ? "on" : "off") +
+                (pool_key_.empty()  ? std::string()
+                 : upstream_reused_ ? " upstream=pooled"
+                                    : " upstream=new"),
+            id_);
+  co_return true;
 }
 
 // --- output helpers -------------------------------------------------------
@@ -797,6 +807,23 @@ awaitable<void> Session::relay() {
     start.policy.catalog_changed = [store] { store->mark_stale(); };
     start.policy.stale = [store] { return store->stale(); };
   }
+  if (server_.upstream_pool && !pool_key_.empty()) {
+    // Session pooling: a clean exit hands the backend back. The old client's
+    // cancel key dies first, so it can never cancel the next client's work.
+    std::vector<std::pair<std::string, std::string>> parameters(identity_.server_parameters.begin(),
+                                                                identity_.server_parameters.end());
+    start.recycle_upstream = [pool = server_.upstream_pool.get(), cancels = &server_.cancels, key = pool_key_,
+                              client_key = client_key_, upstream_key = upstream_key_, born = upstream_born_,
+                              parameters = std::move(parameters)](DetachedStream stream) mutable {
+      cancels->remove(client_key);
+      PooledServer server;
+      server.stream = std::move(stream);
+      server.key = upstream_key;
+      server.parameters = std::move(parameters);
+      server.born = born;
+      pool->give_back(std::move(key), std::move(server));
+    };
+  }
   start.on_closed = [ex = executor_, done] {
     asio::post(ex, [done] {
       done->done = true;
@@ -835,8 +862,8 @@ awaitable<void> Session::relay() {
       };
     }
     std::weak_ptr<Session> weak = weak_from_this();
-    start.observe.cancel_upstream = [weak, ex = executor_](std::function<void()> done) {
-      asio::post(ex, [weak, done = std::move(done)]() mutable {
+    start.observe.cancel_upstream = [weak, ex = executor_](std::function<void()> on_done) {
+      asio::post(ex, [weak, done = std::move(on_done)]() mutable {
         auto self = weak.lock();
         if (!self) {
           done();

@@ -87,6 +87,14 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<bool> lost_upstream();
   // After AuthenticationOk: ParameterStatus, BackendKeyData, ReadyForQuery.
   awaitable<bool> relay_session_setup();
+  // The end of session setup, before the client hears `ready_for_query`
+  // (detection may still refuse the login).
+  awaitable<bool> finish_session_setup(protocol::Buffer ready_for_query);
+  // auth.mode scram with upstream.pool: a parked PostgreSQL connection of
+  // this role (server_pool.h) instead of a new one; the client is told
+  // AuthenticationOk and the parameters PostgreSQL reported for it.
+  awaitable<bool> resume_pooled_session(BackendKey key,
+                                        std::vector<std::pair<std::string, std::string>> parameters);
   // After authentication (docs/detection.md): a blocked user is refused,
   // and the login is checked against service-account rules. False = the
   // client has been told why and the session ends.
@@ -148,6 +156,11 @@ class Session : public std::enable_shared_from_this<Session> {
   bool registered_key_ = false;
   BackendKey client_key_;
   BackendKey upstream_key_;
+  // Session pooling (upstream.pool): the pool key (empty = no pooling), when
+  // the upstream connection was opened, and whether it came from the pool.
+  std::string pool_key_;
+  std::chrono::steady_clock::time_point upstream_born_{};
+  bool upstream_reused_ = false;
 
   std::string last_error_sqlstate_;       // of the last error sent before relaying
   ConnectionMetrics connection_metrics_;  // connection gauges; empty when metrics are off

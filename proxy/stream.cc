@@ -8,6 +8,9 @@
 #include <cerrno>
 #include <climits>
 
+#include <sys/socket.h>
+#include <unistd.h>
+
 namespace pgcloak::proxy {
 
 awaitable<error_code> Stream::wait(asio::socket_base::wait_type what) {
@@ -164,6 +167,34 @@ DetachedStream Stream::detach() {
       },
       socket_);
   return d;
+}
+
+std::unique_ptr<Stream> Stream::adopt(asio::any_io_executor executor, DetachedStream detached) {
+  if (detached.fd < 0) return nullptr;
+  error_code ec;
+  std::unique_ptr<Stream> stream;
+  if (detached.is_unix) {
+    unix_stream::socket s(executor);
+    s.assign(unix_stream(), detached.fd, ec);
+    if (!ec) stream = std::make_unique<Stream>(std::move(s));
+  } else {
+    sockaddr_storage addr{};
+    socklen_t len = sizeof addr;
+    if (::getsockname(detached.fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      ec = error_code(errno, boost::system::system_category());
+    } else {
+      tcp::socket s(executor);
+      s.assign(addr.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(), detached.fd, ec);
+      if (!ec) stream = std::make_unique<Stream>(std::move(s));
+    }
+  }
+  if (!stream) {
+    detached.ssl.reset();
+    ::close(detached.fd);
+    return nullptr;
+  }
+  stream->ssl_ = std::move(detached.ssl);
+  return stream;
 }
 
 TlsInfo Stream::tls_info() const {

@@ -63,6 +63,10 @@ class Stream {
   // Gives up the descriptor (and TLS state) for relaying. Nothing may be
   // pending on the stream; it is unusable afterwards.
   DetachedStream detach();
+  // The reverse: a stream on `executor` for a detached descriptor (the
+  // upstream pool takes connections back from relay loops this way). On
+  // failure the descriptor is closed and nullptr returned.
+  static std::unique_ptr<Stream> adopt(asio::any_io_executor executor, DetachedStream detached);
 
   bool is_tls() const { return ssl_ != nullptr; }
   bool is_unix() const { return std::holds_alternative<unix_stream::socket>(socket_); }

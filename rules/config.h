@@ -41,12 +41,25 @@ struct TlsConfig {
   bool enabled() const { return !cert_file.empty(); }
 };
 
+// Session pooling of PostgreSQL connections (README, "upstream.pool"): a
+// backend whose client left cleanly is reset with DISCARD ALL and handed to
+// the next client of the same role, database and startup parameters. Only
+// with auth.mode scram, where pgcloak itself authenticates every client.
+struct UpstreamPoolConfig {
+  bool enabled = false;
+  uint32_t max_idle = 100;           // idle connections kept, over all keys
+  Duration idle_timeout{60'000};     // an idle connection older than this is closed
+  Duration max_lifetime{3'600'000};  // a connection older than this is not reused
+  Duration reset_timeout{5'000};     // DISCARD ALL must answer within this
+};
+
 struct UpstreamConfig {
   std::string host = "127.0.0.1";  // a leading '/' names a Unix socket directory
   uint16_t port = 5432;
   SslMode sslmode = SslMode::prefer;
   std::string sslrootcert;
   Duration connect_timeout{5000};
+  UpstreamPoolConfig pool;
   bool is_unix_socket() const { return !host.empty() && host.front() == '/'; }
   std::string unix_socket_path() const;  // host/.s.PGSQL.port, as libpq builds it
   std::string describe() const;          // for log lines and error messages

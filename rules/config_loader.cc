@@ -1902,6 +1902,7 @@ ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets
 
   YAML::Node tls_node;
   YAML::Node upstream_node;
+  YAML::Node pool_node;
   MaskingParse masking_parse;
   AuthParse auth_parse;
   AuditParse audit_parse;
@@ -1985,6 +1986,43 @@ ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets
                        {"connect_timeout",
                         [&](const YAML::Node& v) {
                           w.duration(v, "upstream.connect_timeout", c.upstream.connect_timeout);
+                        }},
+                       {"pool",
+                        [&](const YAML::Node& v) {
+                          auto& p = c.upstream.pool;
+                          auto at_least_1s = [&](const YAML::Node& x, std::string_view name, Duration& d) {
+                            Duration parsed = d;
+                            w.duration(x, name, parsed);
+                            if (parsed < std::chrono::seconds(1)) {
+                              w.issue(x, std::string(name) + " must be at least 1s");
+                            } else {
+                              d = parsed;
+                            }
+                          };
+                          w.mapping(v, "upstream.pool",
+                                    {
+                                        {"enabled",
+                                         [&](const YAML::Node& x) {
+                                           pool_node = x;
+                                           w.boolean(x, "upstream.pool.enabled", p.enabled);
+                                         }},
+                                        {"max_idle",
+                                         [&](const YAML::Node& x) {
+                                           w.integer(x, "upstream.pool.max_idle", p.max_idle, 1, 100000);
+                                         }},
+                                        {"idle_timeout",
+                                         [&](const YAML::Node& x) {
+                                           at_least_1s(x, "upstream.pool.idle_timeout", p.idle_timeout);
+                                         }},
+                                        {"max_lifetime",
+                                         [&](const YAML::Node& x) {
+                                           at_least_1s(x, "upstream.pool.max_lifetime", p.max_lifetime);
+                                         }},
+                                        {"reset_timeout",
+                                         [&](const YAML::Node& x) {
+                                           at_least_1s(x, "upstream.pool.reset_timeout", p.reset_timeout);
+                                         }},
+                                    });
                         }},
                    });
              }},
@@ -2081,6 +2119,13 @@ ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets
             "certificate)");
   }
   check_readable(w, up_at, c.upstream.sslrootcert, "upstream.sslrootcert");
+  if (c.upstream.pool.enabled && c.auth.mode != AuthMode::scram) {
+    // In passthrough mode PostgreSQL authenticates each client on its own
+    // backend; handing that backend to another client would skip it.
+    w.issue(pool_node ? pool_node : up_at,
+            "upstream.pool.enabled needs auth.mode scram: only when pgcloak authenticates clients itself "
+            "can a PostgreSQL connection be reused for another client");
+  }
   try {
     check_masking(w, c.masking, masking_parse, secrets);
   } catch (const YAML::Exception& e) {

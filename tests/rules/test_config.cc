@@ -145,6 +145,40 @@ TEST(ConfigTest, UnixSocketUpstreamIsRecognised) {
   EXPECT_EQ(load.config.upstream.unix_socket_path(), "/var/run/postgresql/.s.PGSQL.5433");
 }
 
+TEST(ConfigTest, UpstreamPoolIsOffByDefaultAndParses) {
+  auto off = parse_config("");
+  ASSERT_TRUE(off.ok()) << dump(off);
+  EXPECT_FALSE(off.config.upstream.pool.enabled);
+
+  auto load = parse_config(
+      "auth:\n  mode: scram\ncatalog:\n  user: pgcloak\n  password: x\n"
+      "upstream:\n  pool:\n    enabled: true\n    max_idle: 7\n    idle_timeout: 30s\n"
+      "    max_lifetime: 2h\n    reset_timeout: 3s\n");
+  ASSERT_TRUE(load.ok()) << dump(load);
+  const auto& p = load.config.upstream.pool;
+  EXPECT_TRUE(p.enabled);
+  EXPECT_EQ(p.max_idle, 7U);
+  EXPECT_EQ(p.idle_timeout, Duration(30'000));
+  EXPECT_EQ(p.max_lifetime, Duration(7'200'000));
+  EXPECT_EQ(p.reset_timeout, Duration(3'000));
+}
+
+TEST(ConfigTest, UpstreamPoolNeedsScramModeAndSaneLimits) {
+  // Passthrough: PostgreSQL must authenticate every client on its own backend.
+  auto passthrough = parse_config("upstream:\n  pool:\n    enabled: true\n");
+  EXPECT_TRUE(has_issue(passthrough, 3, "upstream.pool.enabled needs auth.mode scram")) << dump(passthrough);
+  EXPECT_TRUE(parse_config("upstream:\n  pool:\n    enabled: false\n").ok());
+
+  const std::string scram =
+      "auth:\n  mode: scram\ncatalog:\n  user: pgcloak\n  password: x\nupstream:\n  pool:\n";
+  EXPECT_TRUE(has_issue(parse_config(scram + "    max_idle: 0\n"), 8, "between 1 and 100000"));
+  EXPECT_TRUE(has_issue(parse_config(scram + "    idle_timeout: 100ms\n"), 8, "at least 1s"));
+  EXPECT_TRUE(has_issue(parse_config(scram + "    max_lifetime: 0s\n"), 8, "at least 1s"));
+  EXPECT_TRUE(
+      has_issue(parse_config(scram + "    reset_timeout: never\n"), 8, "upstream.pool.reset_timeout"));
+  EXPECT_TRUE(has_issue(parse_config(scram + "    size: 3\n"), 8, "unknown key \"size\""));
+}
+
 TEST(ConfigTest, MessageSizeBounds) {
   EXPECT_TRUE(has_issue(parse_config("limits:\n  max_message_size: 1KiB\n"), 2, "between 8KiB and 1GiB"));
   EXPECT_TRUE(has_issue(parse_config("limits:\n  max_message_size: 2GiB\n"), 2, "between 8KiB and 1GiB"));
