@@ -218,7 +218,10 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   void server_frame(uint8_t type, Bytes frame, Buffer& out);
   void on_server_header(uint8_t type, uint32_t length);
   // --- audit (docs/audit.md) ---
-  std::shared_ptr<AuditPending> audit_pending(std::shared_ptr<const std::string> sql, bool extended);
+  // profile: the statement's analysis when already known (Bind: from its
+  // Parse), else looked up when observing.
+  std::shared_ptr<AuditPending> audit_pending(std::shared_ptr<const std::string> sql, bool extended,
+                                              std::shared_ptr<const rules::StatementAudit> profile = nullptr);
   void audit_emit(AuditPending& p, std::string_view tag, std::string_view sqlstate);
   // --- metrics and console (docs/metrics.md) ---
   void observe_start(AuditPending& p);
@@ -910,12 +913,11 @@ void RelayConnection::client_bind(Bytes frame, Buffer& out) {
     }
     src.parameters = std::move(values);
   }
-  auto pending = audit_pending(src.sql, true);
+  auto pending = audit_pending(src.sql, true, src.profile);
   pending->statement_name = src.statement_name;
   pending->portal_name = b->portal;
   pending->decision = src.decision;
   pending->rule = src.rule;
-  pending->profile = src.profile;
   pending->key = src.key;
   pending->parameters = src.parameters;
   audit_portals_[b->portal] = std::move(src);
@@ -957,13 +959,16 @@ void RelayConnection::client_execute(Bytes frame, Buffer& out) {
 // --- audit ------------------------------------------------------------------
 
 std::shared_ptr<RelayConnection::AuditPending> RelayConnection::audit_pending(
-    std::shared_ptr<const std::string> sql, bool extended) {
+    std::shared_ptr<const std::string> sql, bool extended,
+    std::shared_ptr<const rules::StatementAudit> profile) {
   if (!recording()) return nullptr;
   auto p = std::make_shared<AuditPending>();
   p->sql = std::move(sql);
   p->extended = extended;
+  p->profile = std::move(profile);
   if (observe_ && p->sql) {
-    p->profile = loop_.profiles_.get(*p->sql, 0, observe_.protection ? observe_.protection() : nullptr);
+    if (!p->profile)
+      p->profile = loop_.profiles_.get(*p->sql, 0, observe_.protection ? observe_.protection() : nullptr);
     // Parse only prepares: the statement starts running at Execute.
     if (!extended) {
       // The simple protocol's text carries its literals: its hash tells
@@ -990,6 +995,8 @@ Error RelayConnection::audit_refusal() const {
 
 // Submits the record of one statement (docs/audit.md, "statement").
 void RelayConnection::audit_emit(AuditPending& p, std::string_view tag, std::string_view sqlstate) {
+  if (observe_) observe_emit(p, sqlstate);
+  if (!audit_) return;
   StatementCapture c;
   c.sql = p.sql;
   c.index = p.index;
@@ -1012,8 +1019,6 @@ void RelayConnection::audit_emit(AuditPending& p, std::string_view tag, std::str
     }
     if (digits) c.rows = n;
   }
-  if (observe_) observe_emit(p, sqlstate);
-  if (!audit_) return;
   c.bytes_to_client = p.bytes;
   c.duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - p.start);
   c.sqlstate = std::string(sqlstate);

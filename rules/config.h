@@ -48,7 +48,7 @@ struct TlsConfig {
 struct UpstreamPoolConfig {
   bool enabled = false;
   uint32_t max_idle = 100;           // idle connections kept, over all keys
-  Duration idle_timeout{60'000};     // an idle connection older than this is closed
+  Duration idle_timeout{600'000};    // idle longer = closed (PgBouncer's server_idle_timeout default)
   Duration max_lifetime{3'600'000};  // a connection older than this is not reused
   Duration reset_timeout{5'000};     // DISCARD ALL must answer within this
 };
