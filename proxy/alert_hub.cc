@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "proxy/alert_syslog.h"
 #include "proxy/alert_webhook.h"
 #include "proxy/audit_chain.h"
 #include "proxy/audit_log.h"
@@ -69,6 +70,10 @@ void AlertHub::raise(const rules::Alert& a, const std::shared_ptr<const AuditSes
     ev.session = session;
     ev.detail = j;
     sinks_.audit->submit(std::move(ev));
+  }
+  if (sinks_.syslog != nullptr &&
+      !sinks_.syslog->send(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace))) {
+    log::warn("alert syslog queue full: this alert is in the audit trail and the log only", a.session_id);
   }
   if (sinks_.webhook != nullptr && !sinks_.webhook->submit(std::move(j), summary)) {
     log::warn("alert webhook queue full: this alert is in the audit trail and the log only", a.session_id);

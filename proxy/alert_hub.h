@@ -1,6 +1,7 @@
 // Where an exfiltration alert goes (docs/detection.md, "Alerts"): pgcloak's
 // log, the metrics (pgcloak_alerts_total), the console, the audit trail (an
-// "alert" event, which also reaches the audit syslog sink) and the webhook.
+// "alert" event, which also reaches the audit syslog sink), the webhook and
+// the alert syslog sink (detection.syslog).
 // The audit trail is the one that loses nothing; the webhook is best effort
 // with retries and a bounded queue.
 //
@@ -27,6 +28,7 @@ struct AlertHubSinks {
   ConsoleState* console = nullptr;
   AuditLog* audit = nullptr;
   AlertWebhook* webhook = nullptr;
+  class AlertSyslog* syslog = nullptr;
 };
 
 // The alert as every sink writes it: names, counts and limits only.

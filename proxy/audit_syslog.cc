@@ -31,7 +31,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-constexpr unsigned severity_informational = 6;  // RFC 5424 section 6.2.1, table 2
 constexpr unsigned max_facility = 23;           // RFC 5424 table 1: local7
 constexpr size_t max_hostname = 255;            // RFC 5424 section 6
 constexpr size_t max_app_name = 48;
@@ -526,16 +525,16 @@ void append_syslog_frame(std::string& out, const SyslogHeader& header,
   gmtime_r(&t, &tm);
   std::array<char, 64> head{};
   const int n = std::snprintf(head.data(), head.size(), "<%u>1 %04d-%02d-%02dT%02d:%02d:%02d.%06lldZ ",
-                              header.facility * 8 + severity_informational, tm.tm_year + 1900, tm.tm_mon + 1,
+                              header.facility * 8 + header.severity, tm.tm_year + 1900, tm.tm_mon + 1,
                               tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<long long>(micros));
   const std::string_view pri_version_time(head.data(), n > 0 ? static_cast<size_t>(n) : 0);
-  // PROCID, MSGID "audit", STRUCTURED-DATA "-" (NILVALUE: the record's
+  // PROCID, MSGID ("audit", "alert"), STRUCTURED-DATA "-" (NILVALUE: the record's
   // fields are all in the JSON), then MSG. MSG is UTF-8 JSON without the
   // BOM that RFC 5424 section 6.4 asks for: RFC 8259 section 8.1 forbids a
   // BOM in front of networked JSON, and rsyslog keeps it as part of the
   // message (rsyslog issue #284), so the received line would not be JSON.
   const size_t len = pri_version_time.size() + header.hostname.size() + 1 + header.app_name.size() + 1 +
-                     header.procid.size() + sizeof(" audit - ") - 1 + msg.size();
+                     header.procid.size() + 1 + header.msgid.size() + sizeof(" - ") - 1 + msg.size();
   out += std::to_string(len);
   out += ' ';
   out += pri_version_time;
@@ -544,7 +543,9 @@ void append_syslog_frame(std::string& out, const SyslogHeader& header,
   out += header.app_name;
   out += ' ';
   out += header.procid;
-  out += " audit - ";
+  out += ' ';
+  out += header.msgid;
+  out += " - ";
   out += msg;
 }
 
@@ -554,29 +555,31 @@ Result<std::unique_ptr<AuditSink>> make_syslog_sink(const rules::AuditSyslogConf
 
 Result<std::unique_ptr<AuditSink>> make_syslog_sink(const rules::AuditSyslogConfig& config,
                                                     const SyslogSinkOptions& options) {
-  if (config.host.empty()) return config_error("audit.syslog.host is empty");
-  if (config.port == 0) return config_error("audit.syslog.port must be 1..65535");
+  const std::string& sec = options.section;
+  if (config.host.empty()) return config_error(sec + ".host is empty");
+  if (config.port == 0) return config_error(sec + ".port must be 1..65535");
   if (config.facility > max_facility) {
-    return config_error("audit.syslog.facility must be 0..23 (RFC 5424 section 6.2.1), not " +
+    return config_error(sec + ".facility must be 0..23 (RFC 5424 section 6.2.1), not " +
                         std::to_string(config.facility));
   }
-  if (config.connect_timeout.count() <= 0)
-    return config_error("audit.syslog.connect_timeout must be positive");
+  if (config.connect_timeout.count() <= 0) return config_error(sec + ".connect_timeout must be positive");
   if (options.send_timeout.count() <= 0) return config_error("syslog send timeout must be positive");
   SyslogHeader header;
   header.facility = config.facility;
+  header.severity = std::min(options.severity, 7U);
+  header.msgid = options.msgid.empty() ? "-" : options.msgid;
   header.procid = std::to_string(::getpid());
   if (config.app_name.size() > max_app_name || !printusascii(config.app_name)) {
-    return config_error(
-        "audit.syslog.app_name must be at most 48 printable ASCII characters without spaces "
-        "(RFC 5424 section 6.2.5)");
+    return config_error(sec +
+                        ".app_name must be at most 48 printable ASCII characters without spaces "
+                        "(RFC 5424 section 6.2.5)");
   }
   header.app_name = config.app_name.empty() ? "-" : config.app_name;
   if (!config.hostname.empty()) {
     if (config.hostname.size() > max_hostname || !printusascii(config.hostname)) {
-      return config_error(
-          "audit.syslog.hostname must be at most 255 printable ASCII characters without spaces "
-          "(RFC 5424 section 6.2.4)");
+      return config_error(sec +
+                          ".hostname must be at most 255 printable ASCII characters without spaces "
+                          "(RFC 5424 section 6.2.4)");
     }
     header.hostname = config.hostname;
   } else {
@@ -590,20 +593,20 @@ Result<std::unique_ptr<AuditSink>> make_syslog_sink(const rules::AuditSyslogConf
   SslCtxPtr ctx;
   if (config.tls) {
     if (config.ca_file.empty()) {
-      return config_error(
-          "audit.syslog.ca_file is required with audit.syslog.tls: the receiver's certificate "
-          "is verified against it (RFC 5425 section 5)");
+      return config_error(sec + ".ca_file is required with " + sec +
+                          ".tls: the receiver's certificate "
+                          "is verified against it (RFC 5425 section 5)");
     }
     ERR_clear_error();
     ctx.reset(SSL_CTX_new(TLS_client_method()));
-    if (!ctx) return config_error("cannot create a TLS context for audit.syslog: " + openssl_errors());
+    if (!ctx) return config_error("cannot create a TLS context for " + sec + ": " + openssl_errors());
     // RFC 9662 updates RFC 5425 to TLS 1.2 at least; no compression (CRIME)
     // and no renegotiation, as for pgcloak's other TLS connections.
     SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
     SSL_CTX_set_options(ctx.get(), SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
     SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
     if (SSL_CTX_load_verify_locations(ctx.get(), config.ca_file.c_str(), nullptr) != 1) {
-      return config_error("cannot load audit.syslog.ca_file \"" + config.ca_file + "\": " + openssl_errors());
+      return config_error("cannot load " + sec + ".ca_file \"" + config.ca_file + "\": " + openssl_errors());
     }
   }
   return std::unique_ptr<AuditSink>(

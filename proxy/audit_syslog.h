@@ -36,6 +36,12 @@ struct SyslogSinkOptions {
   // A send that makes no progress for this long fails: the receiver stopped
   // reading (SO_SNDTIMEO semantics, implemented with poll()).
   std::chrono::milliseconds send_timeout{10000};
+  // MSGID and severity of every message (RFC 5424 sections 6.2.7, 6.2.1),
+  // and the configuration section named in errors. Audit records are
+  // "audit", informational; alerts (alert_syslog.h) "alert", warning.
+  std::string msgid = "audit";
+  unsigned severity = 6;
+  std::string section = "audit.syslog";
 };
 
 // The RFC 5424 header fields (section 6) that are the same for every message
@@ -45,11 +51,13 @@ struct SyslogHeader {
   std::string hostname;  // "-" = NILVALUE
   std::string app_name;  // "-" = NILVALUE
   std::string procid;
+  unsigned severity = 6;  // informational
+  std::string msgid = "audit";
 };
 
 // Appends one frame "MSG-LEN SP SYSLOG-MSG" (RFC 6587 section 3.4.1) holding
-//   <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID audit - MSG
-// with PRI = facility * 8 + 6 (informational), TIMESTAMP in UTC with
+//   <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID - MSG
+// with PRI = facility * 8 + severity, TIMESTAMP in UTC with
 // microseconds, no STRUCTURED-DATA, and msg as the MSG, without a BOM.
 void append_syslog_frame(std::string& out, const SyslogHeader& header,
                          std::chrono::system_clock::time_point at, std::string_view msg);

@@ -10,6 +10,7 @@
 
 #include "protocol/backend.h"
 #include "proxy/alert_hub.h"
+#include "proxy/alert_syslog.h"
 #include "proxy/alert_webhook.h"
 #include "proxy/audit_analyzer.h"
 #include "proxy/audit_chain.h"
@@ -348,10 +349,17 @@ Status Server::open_detection() {
     if (!w) return std::move(w).error();
     state_.webhook = std::move(w).value();
   }
-  state_.alerts = std::make_unique<AlertHub>(
-      AlertHubSinks{state_.metrics.get(), state_.console.get(), state_.audit.get(), state_.webhook.get()});
+  if (d.syslog.enabled()) {
+    auto s = AlertSyslog::open(d.syslog, d.syslog_queue_limit);
+    if (!s) return std::move(s).error();
+    state_.alert_syslog = std::move(s).value();
+  }
+  state_.alerts =
+      std::make_unique<AlertHub>(AlertHubSinks{state_.metrics.get(), state_.console.get(), state_.audit.get(),
+                                               state_.webhook.get(), state_.alert_syslog.get()});
   log::info("detection: " + std::to_string(d.rules.size()) + " rules" +
             (state_.webhook ? ", alerts to the webhook " + state_.webhook->describe() : std::string()) +
+            (state_.alert_syslog ? ", syslog " + state_.alert_syslog->describe() : std::string()) +
             (state_.audit ? ", the audit trail" : std::string()) + " and the log" +
             (d.state_file.empty() ? std::string("; state in memory only") : "; state in " + d.state_file));
   return ok_status();
@@ -594,6 +602,7 @@ int Server::run() {
   // a few seconds (they are in the audit trail either way).
   save_detection_state();
   if (state_.webhook) state_.webhook->stop(std::chrono::seconds(5));
+  if (state_.alert_syslog) state_.alert_syslog->stop(std::chrono::seconds(5));
   // After the relays: their sessions' last records (disconnects) are in.
   if (state_.audit) state_.audit->close();
   return exit_code_;

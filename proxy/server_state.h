@@ -85,6 +85,7 @@ struct ServerState {
   // alerts go.
   std::unique_ptr<rules::Detector> detector;
   std::unique_ptr<class AlertWebhook> webhook;
+  std::unique_ptr<class AlertSyslog> alert_syslog;
   std::unique_ptr<class AlertHub> alerts;
   // Blocking calls (libpq) run here, off the io threads (run_blocking.h).
   // Declared last so it is joined before what its calls use goes away.

@@ -957,6 +957,50 @@ void check_auth(Walker& w, const YAML::Node& root, Config& c, const AuthParse& a
 
 // --- audit ------------------------------------------------------------------------
 
+// The keys of a syslog target (audit.syslog, detection.syslog): RFC 5424
+// over TCP, optionally TLS. tls_at records where `tls` was set, for the
+// cross-check that it comes with a CA file.
+std::vector<std::pair<std::string_view, Walker::Handler>> syslog_keys(Walker& w, const std::string& prefix,
+                                                                      AuditSyslogConfig& sl,
+                                                                      YAML::Node& tls_at) {
+  auto name = [prefix](std::string_view key) { return prefix + "." + std::string(key); };
+  return {
+      {"host", [&w, &sl, name](const YAML::Node& x) { w.string(x, name("host"), sl.host); }},
+      {"port", [&w, &sl, name](const YAML::Node& x) { w.integer(x, name("port"), sl.port, 1, 65535); }},
+      {"tls",
+       [&w, &sl, &tls_at, name](const YAML::Node& x) {
+         tls_at = x;
+         w.boolean(x, name("tls"), sl.tls);
+       }},
+      {"ca_file", [&w, &sl, name](const YAML::Node& x) { w.string(x, name("ca_file"), sl.ca_file); }},
+      {"app_name", [&w, &sl, name](const YAML::Node& x) { w.string(x, name("app_name"), sl.app_name); }},
+      {"hostname", [&w, &sl, name](const YAML::Node& x) { w.string(x, name("hostname"), sl.hostname); }},
+      {"facility",
+       [&w, &sl, name](const YAML::Node& x) { w.integer(x, name("facility"), sl.facility, 0, 23); }},
+      {"connect_timeout",
+       [&w, &sl, name](const YAML::Node& x) {
+         Duration d = sl.connect_timeout;
+         w.duration(x, name("connect_timeout"), d);
+         if (d < Duration(1)) {
+           w.issue(x, name("connect_timeout") + " must be at least 1ms");
+         } else {
+           sl.connect_timeout = d;
+         }
+       }},
+  };
+}
+
+// tls needs a CA to verify the receiver against, and the CA file must be
+// readable.
+void check_syslog_target(Walker& w, const std::string& prefix, const AuditSyslogConfig& sl,
+                         const YAML::Node& tls_at, const YAML::Node& section_at) {
+  if (sl.tls && sl.ca_file.empty()) {
+    w.issue(tls_at.Mark().is_null() ? section_at : tls_at,
+            prefix + ".tls needs " + prefix + ".ca_file (the CA that signed the receiver's certificate)");
+  }
+  if (!sl.ca_file.empty()) check_readable(w, section_at, sl.ca_file, prefix + ".ca_file");
+}
+
 // Positions for the cross-checks of the audit section, run after the walk.
 struct AuditParse {
   YAML::Node section;
@@ -1079,39 +1123,7 @@ void parse_audit(Walker& w, const YAML::Node& n, AuditConfig& a, AuditParse& ap)
           {"syslog",
            [&](const YAML::Node& v) {
              ap.syslog_at = v;
-             AuditSyslogConfig& sl = a.syslog;
-             w.mapping(
-                 v, "audit.syslog",
-                 {
-                     {"host", [&](const YAML::Node& x) { w.string(x, "audit.syslog.host", sl.host); }},
-                     {"port",
-                      [&](const YAML::Node& x) { w.integer(x, "audit.syslog.port", sl.port, 1, 65535); }},
-                     {"tls",
-                      [&](const YAML::Node& x) {
-                        ap.syslog_tls_at = x;
-                        w.boolean(x, "audit.syslog.tls", sl.tls);
-                      }},
-                     {"ca_file",
-                      [&](const YAML::Node& x) { w.string(x, "audit.syslog.ca_file", sl.ca_file); }},
-                     {"app_name",
-                      [&](const YAML::Node& x) { w.string(x, "audit.syslog.app_name", sl.app_name); }},
-                     {"hostname",
-                      [&](const YAML::Node& x) { w.string(x, "audit.syslog.hostname", sl.hostname); }},
-                     {"facility",
-                      [&](const YAML::Node& x) {
-                        w.integer(x, "audit.syslog.facility", sl.facility, 0, 23);
-                      }},
-                     {"connect_timeout",
-                      [&](const YAML::Node& x) {
-                        Duration d = sl.connect_timeout;
-                        w.duration(x, "audit.syslog.connect_timeout", d);
-                        if (d < Duration(1)) {
-                          w.issue(x, "audit.syslog.connect_timeout must be at least 1ms");
-                        } else {
-                          sl.connect_timeout = d;
-                        }
-                      }},
-                 });
+             w.mapping(v, "audit.syslog", syslog_keys(w, "audit.syslog", a.syslog, ap.syslog_tls_at));
            }},
       });
 }
@@ -1181,12 +1193,7 @@ void check_audit(Walker& w, const YAML::Node& root, const AuditConfig& a, const 
               "audit.parameter_key_file: cannot read \"" + a.parameter_key_file + "\"");
     }
   }
-  if (a.syslog.tls && a.syslog.ca_file.empty()) {
-    w.issue(at(ap.syslog_tls_at, at(ap.syslog_at, section_at)),
-            "audit.syslog.tls needs audit.syslog.ca_file (the CA that signed the receiver's certificate)");
-  }
-  if (!a.syslog.ca_file.empty())
-    check_readable(w, at(ap.syslog_at, section_at), a.syslog.ca_file, "audit.syslog.ca_file");
+  check_syslog_target(w, "audit.syslog", a.syslog, ap.syslog_tls_at, at(ap.syslog_at, section_at));
 }
 
 // --- metrics ----------------------------------------------------------------------
@@ -1348,6 +1355,8 @@ struct DetectionParse {
   YAML::Node section;
   YAML::Node rules_at;
   YAML::Node webhook_at;
+  YAML::Node syslog_at;
+  YAML::Node syslog_tls_at;
   std::vector<DetectionRuleParse> rules;
 };
 
@@ -1732,6 +1741,15 @@ void parse_detection(Walker& w, const YAML::Node& n, DetectionConfig& d, Detecti
                         w.integer(x, "detection.webhook.queue_limit", h.queue_limit, 1, 1000000);
                       }},
                  });
+           }},
+          {"syslog",
+           [&](const YAML::Node& v) {
+             dp.syslog_at = v;
+             auto keys = syslog_keys(w, "detection.syslog", d.syslog, dp.syslog_tls_at);
+             keys.emplace_back("queue_limit", [&w, &d](const YAML::Node& x) {
+               w.integer(x, "detection.syslog.queue_limit", d.syslog_queue_limit, 1, 1000000);
+             });
+             w.mapping(v, "detection.syslog", keys);
            }},
           {"rules",
            [&](const YAML::Node& v) {
@@ -2154,6 +2172,12 @@ ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets
   try {
     check_detection(w, root, c.detection, detection_parse, c.masking);
     check_detection_webhook(w, c.detection.webhook, detection_parse.webhook_at, secrets);
+    if (detection_parse.syslog_at.IsDefined() && !detection_parse.syslog_at.IsNull()) {
+      if (c.detection.syslog.host.empty())
+        w.issue(detection_parse.syslog_at, "detection.syslog needs a host (the syslog receiver)");
+      check_syslog_target(w, "detection.syslog", c.detection.syslog, detection_parse.syslog_tls_at,
+                          detection_parse.syslog_at);
+    }
   } catch (const YAML::Exception& e) {
     load.issues.push_back({e.mark.line + 1, e.mark.column + 1, e.msg});
   }

@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "rules/audit_config.h"
 #include "rules/tzif.h"
 
 namespace pgcloak::rules {
@@ -122,6 +123,11 @@ struct DetectionWebhook {
 struct DetectionConfig {
   bool enabled = false;  // true when the section is present (and not `enabled: false`)
   DetectionWebhook webhook;
+  // Alerts as RFC 5424 messages (MSGID "alert", severity warning) to a
+  // syslog receiver over TCP or TLS, independent of the audit trail's own
+  // syslog sink. Empty host = off.
+  AuditSyslogConfig syslog;
+  uint64_t syslog_queue_limit = 1000;
   // Baselines, first-access history, learned clients and active blocks.
   // Written by the proxy; empty = kept in memory only.
   std::string state_file;

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import threading
 import time
 
@@ -30,6 +29,7 @@ from audit_fixture import audit_files, audit_overrides, read_records, statements
 from masking_fixture import MASK_KEY, MASK_KEY_ENV, masking_overrides, wait_for_masking
 from masking_fixture import connect as shop_connect
 from pgcluster import PASSWORDS
+from syslog_receiver import SyslogReceiver
 from util import free_port, wait_for
 
 
@@ -272,85 +272,6 @@ def test_verify_finds_tampering(pgcloak, audit_dir, workroot):
     check(swapped, 4)
     whole = open(files[-1], "rb").read()
     check(None, len(lines), raw=whole[: len(whole) - 10])  # torn last record
-
-
-class SyslogReceiver:
-    """A minimal RFC 6587 octet-counting receiver that can be stopped and
-    restarted on the same port, to make pgcloak's syslog sink fail."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.messages: list[bytes] = []
-        self._sock: socket.socket | None = None
-        self._conns: list[socket.socket] = []
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-
-    def start(self) -> "SyslogReceiver":
-        self._stop.clear()
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", self.port))
-        s.listen(16)
-        s.settimeout(0.1)
-        self._sock = s
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self._conns.append(conn)
-            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
-
-    def _read(self, conn: socket.socket) -> None:
-        buf = b""
-        conn.settimeout(0.1)
-        while not self._stop.is_set():
-            try:
-                chunk = conn.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if not chunk:
-                return
-            buf += chunk
-            while b" " in buf:
-                length, rest = buf.split(b" ", 1)
-                n = int(length)
-                if len(rest) < n:
-                    break
-                self.messages.append(rest[:n])
-                buf = rest[n:]
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._sock:
-            self._sock.close()
-        for c in self._conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            c.close()
-        self._conns = []
-        if self._thread:
-            self._thread.join(timeout=5)
-
-    def seqs(self) -> set[int]:
-        import json
-        out = set()
-        for m in self.messages:
-            body = m[m.index(b"{"):]
-            out.add(json.loads(body)["seq"])
-        return out
 
 
 @pytest.mark.parametrize("on_failure", ["fail_closed", "block"])

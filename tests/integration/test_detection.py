@@ -26,6 +26,7 @@ from audit_fixture import audit_overrides, read_records
 from masking_fixture import MASK_KEY, MASK_KEY_ENV, masking_overrides, wait_for_masking
 from masking_fixture import connect as _connect
 from shop import SHOP_PASSWORDS
+from syslog_receiver import SyslogReceiver
 from util import wait_for
 
 TOKEN = "detection-test-token-0123456789abcdef"
@@ -67,7 +68,14 @@ def webhook():
     w.close()
 
 
-def detecting_proxy(pgcloak, shop, monkeypatch, tmp_path, webhook, rules):
+@pytest.fixture
+def syslog_receiver():
+    r = SyslogReceiver(0).start()
+    yield r
+    r.stop()
+
+
+def detecting_proxy(pgcloak, shop, monkeypatch, tmp_path, webhook, rules, syslog_port=None):
     monkeypatch.setenv(MASK_KEY_ENV, MASK_KEY)
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     overrides = masking_overrides(shop.dbname)
@@ -75,6 +83,8 @@ def detecting_proxy(pgcloak, shop, monkeypatch, tmp_path, webhook, rules):
     overrides["metrics"] = {"token_env": TOKEN_ENV}
     overrides["detection"] = {"rules": rules, "webhook": {"url": webhook.url},
                               "state_file": str(tmp_path / "detection.json")}
+    if syslog_port is not None:
+        overrides["detection"]["syslog"] = {"host": "127.0.0.1", "port": syslog_port, "facility": 4}
     return pgcloak(**overrides)
 
 
@@ -82,11 +92,11 @@ def connect(proxy, user, **kw):
     return _connect(proxy, user, dbname="shop", **kw)
 
 
-def test_cancel_cuts_a_bulk_read_mid_stream(pgcloak, shop, monkeypatch, tmp_path, webhook):
+def test_cancel_cuts_a_bulk_read_mid_stream(pgcloak, shop, monkeypatch, tmp_path, webhook, syslog_receiver):
     proxy = detecting_proxy(pgcloak, shop, monkeypatch, tmp_path, webhook, [
         {"name": "support-bulk-read", "detector": "statement_volume", "roles": ["support_team"],
          "relations": ["public.customers"], "max_rows": 1000, "action": "cancel"},
-    ])
+    ], syslog_port=syslog_receiver.port)
     with shop.admin() as c:
         total = c.execute("SELECT count(*) FROM customers").fetchone()[0]
     assert total > 5000
@@ -125,6 +135,15 @@ def test_cancel_cuts_a_bulk_read_mid_stream(pgcloak, shop, monkeypatch, tmp_path
         emails = [r[0] for r in c.execute("SELECT email FROM customers WHERE email IS NOT NULL LIMIT 200")]
     dump = json.dumps([a["body"] for a in alerts])
     assert not [e for e in emails if e in dump]
+
+    # The syslog receiver got them too: warnings (auth facility), MSGID
+    # "alert", the alert's JSON as the message, no data.
+    msgs = wait_for(lambda: len(syslog_receiver.messages) >= 2 and syslog_receiver.parsed(), timeout=15,
+                    what="two alerts at the syslog receiver")
+    assert all(pri == "<36>1" and msgid == "alert" for pri, msgid, _ in msgs), msgs
+    first = json.loads(msgs[0][2])
+    assert first["rule"] == "support-bulk-read" and first["user"] == "support" and first["action"] == "cancel"
+    assert not [e for e in emails if e in json.dumps([m[2] for m in msgs])]
 
     # The audit trail: the alerts, and the statements recorded as cancelled.
     records = wait_for(lambda: (r := read_records(str(tmp_path))) and

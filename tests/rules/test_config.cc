@@ -1074,6 +1074,44 @@ detection:
   EXPECT_TRUE(has_issue(no_url, 3, "detection.webhook needs a url")) << dump(no_url);
 }
 
+TEST(DetectionConfigTest, SyslogTargetParsesLikeTheAuditOne) {
+  auto load = parse_config(R"(
+detection:
+  syslog:
+    host: siem.example.com
+    port: 6514
+    facility: 4
+    app_name: pgcloak-alerts
+    connect_timeout: 2s
+    queue_limit: 20
+)");
+  ASSERT_TRUE(load.ok()) << dump(load);
+  const auto& d = load.config.detection;
+  EXPECT_TRUE(d.syslog.enabled());
+  EXPECT_EQ(d.syslog.host, "siem.example.com");
+  EXPECT_EQ(d.syslog.port, 6514);
+  EXPECT_EQ(d.syslog.facility, 4U);
+  EXPECT_EQ(d.syslog.app_name, "pgcloak-alerts");
+  EXPECT_EQ(d.syslog.connect_timeout, std::chrono::seconds(2));
+  EXPECT_EQ(d.syslog_queue_limit, 20U);
+  EXPECT_FALSE(parse_config("detection: {}\n").config.detection.syslog.enabled());
+
+  auto bad = parse_config(R"(
+detection:
+  syslog:
+    port: 70000
+    tls: true
+    facility: 24
+    retries: 3
+)");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_TRUE(has_issue(bad, 4, "detection.syslog.port must be between 1 and 65535")) << dump(bad);
+  EXPECT_TRUE(has_issue(bad, 5, "detection.syslog.tls needs detection.syslog.ca_file")) << dump(bad);
+  EXPECT_TRUE(has_issue(bad, 6, "detection.syslog.facility must be between 0 and 23")) << dump(bad);
+  EXPECT_TRUE(has_issue(bad, 7, "unknown key \"retries\" in detection.syslog")) << dump(bad);
+  EXPECT_TRUE(has_issue(bad, 4, "detection.syslog needs a host")) << dump(bad);
+}
+
 TEST(DetectionConfigTest, PerDetectorDefaults) {
   auto load = parse_config(R"(
 detection:
