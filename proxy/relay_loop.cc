@@ -1845,7 +1845,11 @@ void RelayLoop::retire(RelayConnection* conn) {
 
 void RelayLoop::await_durable(AuditLog& log, const std::shared_ptr<RelayConnection>& conn, uint64_t seq) {
   durable_waiters_.emplace_back(seq, conn);
-  if (durable_registered_ >= seq) return;
+  // One registration at a time: durable_progress() releases everything the
+  // fsync covered and registers again for the highest record still
+  // waiting. Registering per record (whenever a later seq came) made every
+  // fsync wake the loop once per waiting record.
+  if (durable_registered_ != 0) return;
   durable_registered_ = seq;
   log.on_durable(seq, [this, &log](bool ok) {
     if (ok) post([this, &log] { durable_progress(log); });
