@@ -31,8 +31,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-constexpr unsigned max_facility = 23;           // RFC 5424 table 1: local7
-constexpr size_t max_hostname = 255;            // RFC 5424 section 6
+constexpr unsigned max_facility = 23;  // RFC 5424 table 1: local7
+constexpr size_t max_hostname = 255;   // RFC 5424 section 6
 constexpr size_t max_app_name = 48;
 // Frames are handed to the socket (or to SSL_write) in chunks of about this
 // size, so a large batch does not need one buffer for all of it.
