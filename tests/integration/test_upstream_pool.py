@@ -10,10 +10,13 @@ import subprocess
 import urllib.request
 import uuid
 
+import psycopg
 import pytest
 
 import pgwire
 from clients import connect
+from masking_fixture import MASK_KEY, MASK_KEY_ENV, masking_overrides, wait_for_masking
+from masking_fixture import connect as masked_connect
 from pgcluster import PASSWORDS
 from proxy import pgcloak_bin
 from shop import SHOP_PASSWORDS
@@ -251,3 +254,50 @@ def test_pool_needs_scram_mode(tmp_path):
     assert p.returncode != 0
     assert "c.yaml:4:" in p.stderr, p.stderr  # the enabled: line
     assert "upstream.pool.enabled needs auth.mode scram" in p.stderr
+
+
+def test_masking_holds_on_pooled_backends(shop, pgcloak, monkeypatch):
+    """A pooled backend serves only its own role, and each session is masked
+    by pgcloak for its login whether its backend is new or reused."""
+    monkeypatch.setenv(MASK_KEY_ENV, MASK_KEY)
+    proxy = pgcloak(**{**pool_config(), **masking_overrides(shop.dbname)})
+    with shop.admin() as c:
+        raw = {r[0] for r in c.execute("SELECT email FROM customers WHERE email IS NOT NULL")}
+    query = "SELECT pg_backend_pid(), email FROM customers WHERE email IS NOT NULL ORDER BY id LIMIT 50"
+
+    def read(user):
+        with masked_connect(proxy, user) as c:
+            wait_for_masking(c)
+            rows = c.execute(query).fetchall()
+            # What one session leaves behind must not reach the next one.
+            c.execute("SET search_path = pg_temp, public")
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS left_behind AS SELECT 1 AS x")
+        pids = {r[0] for r in rows}
+        assert len(pids) == 1
+        return pids.pop(), [r[1] for r in rows]
+
+    admin_pid, admin_emails = read("admin")
+    assert set(admin_emails) <= raw  # admins: unmasked
+    support_pid, support_emails = read("support")
+    assert support_pid != admin_pid
+    assert not set(support_emails) & raw and all("@" in e and "*" in e for e in support_emails)
+    for _ in range(3):
+        wait_for(lambda: metric(proxy, "pgcloak_upstream_pool_idle") >= 2, 10, what="both backends parked")
+        pid, emails = read("support")
+        assert pid == support_pid, "the support backend was not reused"
+        assert emails == support_emails, "masking changed on a reused backend"
+        pid, emails = read("admin")
+        assert pid == admin_pid
+        assert emails == admin_emails
+    with masked_connect(proxy, "support") as c:
+        assert c.execute("SELECT pg_backend_pid()").fetchone()[0] == support_pid
+        assert c.execute("SHOW search_path").fetchone()[0] == '"$user", public'
+
+        def temp_tables():
+            # Refused (55000) while pgcloak's catalog refreshes after the
+            # CREATE TEMP TABLE above: retry.
+            try:
+                return c.execute("SELECT count(*) FROM pg_class WHERE relname = 'left_behind'").fetchone()
+            except psycopg.errors.ObjectNotInPrerequisiteState:
+                return None
+        assert wait_for(temp_tables, 15, what="the catalog check")[0] == 0
