@@ -199,6 +199,10 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
     Expect kind;
     std::optional<Error> refusal;  // set = poisoned: replace its error with this
     std::shared_ptr<AuditPending> audit = {};
+    // A Query sent as its decision's output_sql (output masking), and the
+    // policy that decided it: its result rows are masked here.
+    std::shared_ptr<const rules::StatementDecision> output = {};
+    std::shared_ptr<const rules::SessionPolicy> output_policy = {};
   };
   // What the audit records of later Bind/Execute messages need to know
   // about a prepared statement or portal, as the client defined it.
@@ -248,8 +252,16 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   void poison(Expect kind, const Error& refusal, std::shared_ptr<AuditPending> audit, Buffer& out,
               const std::string& statement_name = {});
   void note_ddl();
-  void backstop_columns(Bytes body);
+  void result_columns(Bytes body);
+  uint32_t backstop_columns(Bytes body, const rules::SessionPolicy& policy,
+                            const rules::StatementDecision* plan);
   void backstop_row(Bytes frame, Buffer& out);
+  void note_parameter(Bytes body);
+  // The head Query runs as its output_sql and its RowDescription has not
+  // been seen.
+  bool output_unchecked() const {
+    return !output_checked_ && !expect_.empty() && expect_.front().output != nullptr;
+  }
   std::shared_ptr<const rules::StatementDecision> decide(std::string_view sql);
   Io flush(Side& s, int& err);
   void update_interest(Side& s);
@@ -324,9 +336,21 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
     bool refused;
     bool binary;
     std::string name;
+    bool planned;                 // output masking: an output-masked column, masked here by design
+    const rules::MaskKeys* keys;  // of the policy that decided the statement
   };
   std::vector<BackstopColumn> backstop_;
   uint64_t backstop_hits_ = 0;
+  // Output masking (rules::StatementDecision::output_sql; docs/masking.md):
+  // only while both encodings are UTF-8, since the masks in rows must give
+  // what the SQL masks give on UTF-8 text. output_checked_: the head
+  // Query's RowDescription was checked; rows before it are not sent.
+  bool utf8_client_ = false;
+  bool utf8_server_ = false;
+  // standard_conforming_strings (ParameterStatus): masked statements are
+  // refused while it is off (decide).
+  bool standard_strings_ = true;
+  bool output_checked_ = false;
 
   // One ReadyForQuery answers each Query, Sync and FunctionCall; counting
   // them tells whether PostgreSQL still owes the client a response.
@@ -363,6 +387,9 @@ RelayConnection::RelayConnection(RelayLoop& loop, RelayStart start)
   upstream_.ssl = std::move(start.upstream.ssl);
   upstream_.tag = {this, true};
   client_.out = std::move(start.to_client);
+  utf8_client_ = start.client_encoding == "UTF8";
+  utf8_server_ = start.server_encoding == "UTF8";
+  standard_strings_ = start.standard_conforming_strings != "off";
 }
 
 RelayConnection::~RelayConnection() {
@@ -628,6 +655,22 @@ std::shared_ptr<const rules::StatementDecision> RelayConnection::decide(std::str
     d->refusal = *policy_.unavailable;
     return d;
   }
+  if (!standard_strings_) {
+    // A default set for the role or database by an administrator (SET,
+    // set_config, pg_settings and start-up options are refused): with
+    // backslash escapes, PostgreSQL would read string literals, and so the
+    // statement, differently from libpg_query.
+    auto d = std::make_shared<rules::StatementDecision>();
+    d->action = rules::StatementDecision::Action::refuse;
+    d->rule = "standard-strings";
+    d->refusal = Error::make(
+        sqlstate::feature_not_supported,
+        "pgcloak: masked sessions need standard_conforming_strings = on; this session has it off",
+        Severity::error,
+        "Remove the standard_conforming_strings setting for this role or database (ALTER ROLE/DATABASE ... "
+        "RESET standard_conforming_strings) and reconnect.");
+    return d;
+  }
   const bool stale = hooks_.stale && hooks_.stale();
   return loop_.decisions_.decide(sql, *policy_.policy,
                                  stale ? rules::AnalysisMode::strict : rules::AnalysisMode::normal);
@@ -814,6 +857,13 @@ void RelayConnection::client_query(Bytes frame, Buffer& out) {
       return;
     case rules::StatementDecision::Action::rewrite:
       if (pending) pending->decision = "masked";
+      if (!d->output_sql.empty() && utf8_client_ && utf8_server_ && policy_.policy) {
+        // Output masking: some masks are applied to the result rows here
+        // (result_columns, backstop_row) instead of in PostgreSQL.
+        protocol::Query{d->output_sql}.encode(out);
+        expect_.push_back({Expect::query, {}, std::move(pending), d, policy_.policy});
+        return;
+      }
       protocol::Query{d->sql}.encode(out);
       expect_.push_back({Expect::query, {}, std::move(pending)});
       return;
@@ -1355,50 +1405,117 @@ void RelayConnection::on_server_header(uint8_t type, uint32_t length) {
   }
 }
 
-void RelayConnection::backstop_columns(Bytes body) {
+// A RowDescription: which of its columns are masked here. For a Query sent
+// as its output_sql, they must be exactly the ones its plan expects, or no
+// row of it reaches the client.
+void RelayConnection::result_columns(Bytes body) {
+  const Expectation* head = expect_.empty() ? nullptr : &expect_.front();
+  if (head == nullptr || !head->output) {
+    if (policy_.policy) {
+      backstop_columns(body, *policy_.policy, nullptr);
+    } else {
+      backstop_.clear();
+    }
+    return;
+  }
+  output_checked_ = true;
+  const uint32_t found = backstop_columns(body, *head->output_policy, head->output.get());
+  if (found == head->output->output_fields) return;
   backstop_.clear();
-  if (!policy_.policy) return;
+  log::error("output masking: PostgreSQL reported " + std::to_string(found) + " of the " +
+                 std::to_string(head->output->output_fields) +
+                 " result columns pgcloak expected to mask; the statement was stopped and no row sent",
+             id_);
+  cut_statement(Error::make(
+      sqlstate::internal_error,
+      "pgcloak stopped this statement: it could not match the result columns to the "
+      "masks they need, so no row was sent",
+      Severity::error, "This should not happen; please report the statement to your pgcloak administrator."));
+}
+
+// Fills backstop_ from a RowDescription: the columns PostgreSQL reports as
+// coming straight from a protected column that `policy` masks or refuses.
+// With a plan (output masking), returns how many of them are the plan's
+// output-masked columns in text format.
+uint32_t RelayConnection::backstop_columns(Bytes body, const rules::SessionPolicy& policy,
+                                           const rules::StatementDecision* plan) {
+  backstop_.clear();
   auto rd = protocol::RowDescription::decode(body);
-  if (!rd) return;
+  if (!rd) return 0;
+  uint32_t planned = 0;
   for (size_t i = 0; i < rd->fields.size(); ++i) {
     const auto& f = rd->fields[i];
     if (f.table_oid == 0) continue;
-    const rules::RelationMasks* m = policy_.policy->masks_for(f.table_oid);
+    const rules::RelationMasks* m = policy.masks_for(f.table_oid);
     if (m == nullptr) continue;
     const auto& cols = m->protection->relation->columns;
     for (size_t k = 0; k < cols.size(); ++k) {
       if (cols[k].attnum != f.column_attnum) continue;
+      const bool expected =
+          plan != nullptr && f.format == 0 &&
+          std::find(plan->output_columns.begin(), plan->output_columns.end(),
+                    std::pair<uint32_t, int16_t>{f.table_oid, f.column_attnum}) != plan->output_columns.end();
+      if (expected) ++planned;
       if (m->refused[k] || m->specs[k].kind != rules::MaskKind::allow) {
         backstop_.push_back(
             {i, m->specs[k], cols[k].type, m->refused[k], f.format != 0,
-             m->protection->relation->schema + "." + m->protection->relation->name + "." + cols[k].name});
+             m->protection->relation->schema + "." + m->protection->relation->name + "." + cols[k].name,
+             expected, &policy.protection().config().keys});
       }
     }
   }
+  return planned;
 }
 
+// A DataRow with the backstop_ columns masked, written straight from the
+// frame: output masking sends every row of a full scan through here.
 void RelayConnection::backstop_row(Bytes frame, Buffer& out) {
-  auto row = protocol::DataRow::decode(frame.subspan(5));
-  if (!row) {
+  const Bytes body = frame.subspan(5);
+  // DataRow (protocol docs, "Message Formats"): Int16 count, then per
+  // column Int32 length (-1 = NULL) and that many bytes.
+  auto malformed = [&] {
     // Fail closed: a row we cannot read is not forwarded.
     queue_error(Error::protocol("malformed DataRow from PostgreSQL"));
     begin_closing();
-    return;
-  }
-  std::vector<std::optional<std::string>> replaced(row->values.size());
-  for (const auto& c : backstop_) {
-    if (c.index >= row->values.size() || !row->values[c.index]) continue;
-    const auto& v = *row->values[c.index];
+  };
+  if (body.size() < 2) return malformed();
+  const size_t count = protocol::load_u16(body.data());
+  const size_t start = out.size();
+  out.insert(out.end(), frame.begin(), frame.begin() + 7);  // type, length (patched below), count
+  size_t at = 2;
+  size_t next = 0;  // backstop_ is in column order
+  for (size_t i = 0; i < count; ++i) {
+    if (body.size() - at < 4) {
+      out.resize(start);
+      return malformed();
+    }
+    const auto len = static_cast<int32_t>(protocol::load_u32(body.data() + at));
+    const size_t field_end = len < 0 ? at + 4 : at + 4 + static_cast<size_t>(len);
+    if (len < -1 || field_end > body.size()) {
+      out.resize(start);
+      return malformed();
+    }
+    while (next < backstop_.size() && backstop_[next].index < i) ++next;
+    if (next == backstop_.size() || backstop_[next].index != i || len < 0) {
+      out.insert(out.end(), body.begin() + static_cast<std::ptrdiff_t>(at),
+                 body.begin() + static_cast<std::ptrdiff_t>(field_end));
+      at = field_end;
+      continue;
+    }
+    const BackstopColumn& c = backstop_[next];
+    const std::string_view v(reinterpret_cast<const char*>(body.data() + at + 4), static_cast<size_t>(len));
+    at = field_end;
     std::optional<std::string> masked;
     // Text-format values (and string types, whose binary form is the text)
     // get the configured mask; anything else becomes NULL.
     if (!c.refused && (!c.binary || rules::is_string_type(c.type))) {
-      masked = rules::mask_text_value(c.spec, c.type,
-                                      std::string_view(reinterpret_cast<const char*>(v.data()), v.size()),
-                                      policy_.policy->protection().config().keys);
+      masked = rules::mask_text_value(c.spec, c.type, v, *c.keys);
     }
-    replaced[c.index] = std::move(masked);
-    row->values[c.index].reset();
+    const size_t len_at = out.size();
+    out.resize(len_at + 4);
+    protocol::store_u32(out.data() + len_at, masked ? static_cast<uint32_t>(masked->size()) : 0xffffffffU);
+    if (masked) out.insert(out.end(), masked->begin(), masked->end());
+    if (c.planned) continue;  // output masking: masked here by design
     observe_.metrics.on_backstop_hit();
     if (backstop_hits_++ == 0 || backstop_hits_ % 10000 == 0) {
       log::warn("backstop: column " + c.name + " reached the client unmasked and was masked in pgcloak (" +
@@ -1406,18 +1523,27 @@ void RelayConnection::backstop_row(Bytes frame, Buffer& out) {
                 id_);
     }
   }
-  for (size_t i = 0; i < replaced.size(); ++i) {
-    if (replaced[i]) {
-      row->values[i] = Bytes(reinterpret_cast<const uint8_t*>(replaced[i]->data()), replaced[i]->size());
-    }
+  if (at != body.size()) {
+    out.resize(start);
+    return malformed();
   }
-  row->encode(out);
+  protocol::store_u32(out.data() + start + 1, static_cast<uint32_t>(out.size() - start - 1));
+}
+
+// ParameterStatus while masking: output masking follows client_encoding,
+// the analysis standard_conforming_strings.
+void RelayConnection::note_parameter(Bytes body) {
+  auto ps = protocol::ParameterStatus::decode(body);
+  if (!ps) return;
+  if (ps->name == "client_encoding") utf8_client_ = ps->value == "UTF8";
+  if (ps->name == "server_encoding") utf8_server_ = ps->value == "UTF8";
+  if (ps->name == "standard_conforming_strings") standard_strings_ = ps->value != "off";
 }
 
 void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
   const Bytes body = frame.subspan(5);
   if (type == be::row_description) {
-    backstop_columns(body);
+    result_columns(body);
     on_server_header(type, static_cast<uint32_t>(frame.size() - 1));
     out.insert(out.end(), frame.begin(), frame.end());
     return;
@@ -1425,17 +1551,31 @@ void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
   if (type == be::data_row) {
     // Counted in the header callback unless held for the backstop.
     if (!cutting_ || !backstop_.empty()) on_server_header(type, static_cast<uint32_t>(frame.size() - 1));
+    if (!cutting_ && output_unchecked()) {
+      // Output masking: a row before its RowDescription cannot be masked.
+      cut_statement(
+          Error::make(sqlstate::internal_error,
+                      "pgcloak stopped this statement: PostgreSQL sent rows without describing them, "
+                      "so pgcloak could not mask them",
+                      Severity::error, "Please report the statement to your pgcloak administrator."));
+    }
     if (cutting_) return;  // the cancel action: not one more row
     if (backstop_.empty()) {
       out.insert(out.end(), frame.begin(), frame.end());
-    } else {
-      backstop_row(frame, out);
+      return;
+    }
+    const size_t before = out.size();
+    backstop_row(frame, out);
+    // Records count the bytes the client got, masked values included.
+    if (AuditPending* a = expect_.empty() ? nullptr : expect_.front().audit.get(); a != nullptr) {
+      a->bytes = a->bytes + (out.size() - before) - std::min<uint64_t>(a->bytes, frame.size());
     }
     return;
   }
   if (type == be::ready_for_query) {
     backstop_.clear();
     cutting_ = false;
+    output_checked_ = false;
     if (body.size() == 1) {
       transaction_status_ = body[0];
       if (pending_ready_ > 0) --pending_ready_;
@@ -1501,6 +1641,7 @@ void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
       return;
     }
   }
+  if (type == be::parameter_status) note_parameter(body);
   if (masked_ && (type == be::error_response || type == be::notice_response)) {
     std::optional<protocol::NoticeFields> fields;
     if (type == be::error_response) {
@@ -1551,6 +1692,8 @@ bool RelayConnection::from_server(Bytes chunk) {
         ended_ready = type == be::ready_for_query;
         last_server_type_ = type;
         if (type == be::ready_for_query) return protocol::FrameAction::hold;
+        // Output masking follows client_encoding (note_parameter).
+        if (type == be::parameter_status && hooks_) return protocol::FrameAction::hold;
         if (tracking) {
           // RowDescription only matters to the backstop, which only masked
           // sessions have.
@@ -1558,7 +1701,8 @@ bool RelayConnection::from_server(Bytes chunk) {
               (type == be::row_description && policy_.policy)) {
             return protocol::FrameAction::hold;
           }
-          if (type == be::data_row && !backstop_.empty()) return protocol::FrameAction::hold;
+          if (type == be::data_row && (!backstop_.empty() || output_unchecked()))
+            return protocol::FrameAction::hold;
           if (type == be::command_complete && (recording() || cutting_)) return protocol::FrameAction::hold;
           on_server_header(type, length);
           // A cut statement's rows (from the one that crossed the limit on)

@@ -108,6 +108,14 @@ struct RelayStart {
   uint32_t max_message_size = 0;
   std::chrono::milliseconds client_idle{0};  // 0 = no idle timeout
   bool draining = false;
+  // The session's client_encoding and server_encoding (ParameterStatus):
+  // output masking needs result rows in UTF-8, as the SQL masks see them.
+  std::string client_encoding;
+  std::string server_encoding;
+  // Masked statements are refused while this is "off": pgcloak parses with
+  // standard strings (backslashes are not escapes), as PostgreSQL does by
+  // default.
+  std::string standard_conforming_strings;
   PolicyHooks policy;    // empty = masking is off
   AuditHooks audit;      // empty = audit is off
   ObserveHooks observe;  // empty = no metrics or console

@@ -416,18 +416,21 @@ namespace {
 // "options") that a masked login may not use: switching identity, or making
 // the server print parse trees and plans, which hold the rewritten
 // statement and with it the hash mask's key material (MASKING-THREATS.md,
-// classes 16 and 17).
+// classes 16 and 17), or changing how string literals are lexed
+// (standard_conforming_strings: pgcloak parses with standard strings).
 std::optional<std::string> masked_startup_violation(const protocol::StartupMessage& startup) {
   auto risky = [](std::string name) {
     for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return name == "role" || name == "session_authorization" || name.rfind("debug_", 0) == 0;
+    return name == "role" || name == "session_authorization" || name.rfind("debug_", 0) == 0 ||
+           name == "standard_conforming_strings";
   };
   for (const auto& [name, value] : startup.parameters) {
     if (risky(name)) return name;
     if (name == "options") {
       std::string v = value;
       for (char& c : v) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      for (std::string_view bad : {"role", "session_authorization", "debug_"}) {
+      for (std::string_view bad :
+           {"role", "session_authorization", "debug_", "standard_conforming_strings"}) {
         if (v.find(bad) != std::string::npos) return "options (" + std::string(bad) + ")";
       }
     }
@@ -787,6 +790,13 @@ awaitable<void> Session::relay() {
   start.max_message_size = config_->limits.max_message_size;
   start.client_idle = config_->timeouts.client_idle;
   start.draining = draining_ || server_.draining.load();
+  if (auto it = identity_.server_parameters.find("client_encoding"); it != identity_.server_parameters.end())
+    start.client_encoding = it->second;
+  if (auto it = identity_.server_parameters.find("server_encoding"); it != identity_.server_parameters.end())
+    start.server_encoding = it->second;
+  if (auto it = identity_.server_parameters.find("standard_conforming_strings");
+      it != identity_.server_parameters.end())
+    start.standard_conforming_strings = it->second;
   if (server_.policies && server_.policies->enabled()) {
     // Masking: the relay asks for this login's policy whenever the catalog
     // generation moves, so live sessions follow refreshes at their next

@@ -38,9 +38,12 @@ constexpr std::string_view sensitive_keywords[] = {
     "grant",   "user",     "foreign",   "server",    "mapping",       "session_authorization",
     "explain"};
 
-// Settings that make PostgreSQL send its parse trees and plans to the client.
+// Settings that make PostgreSQL send its parse trees and plans to the
+// client, or lex string literals differently from libpg_query
+// (standard_conforming_strings), and the view that sets any setting.
 constexpr std::string_view sensitive_settings[] = {"debug_print_parse", "debug_print_rewritten",
-                                                   "debug_print_plan"};
+                                                   "debug_print_plan", "standard_conforming_strings",
+                                                   "pg_settings"};
 
 }  // namespace
 

@@ -18,6 +18,25 @@ bool read_position(std::string_view field) {
   return field == "from_clause" || field == "using_clause" || field == "larg" || field == "rarg";
 }
 
+// SET x = on / true / yes / 1 (and only that): PostgreSQL's boolean
+// spellings of on, the value pgcloak relies on for
+// standard_conforming_strings. RESET and DEFAULT can mean off.
+bool sets_on(const PgQuery__VariableSetStmt* s) {
+  if (s->kind != PG_QUERY__VARIABLE_SET_KIND__VAR_SET_VALUE || s->n_args != 1 ||
+      s->args[0]->node_case != PG_QUERY__NODE__NODE_A_CONST) {
+    return false;
+  }
+  const PgQuery__AConst* c = s->args[0]->a_const;
+  if (c->isnull) return false;
+  if (c->val_case == PG_QUERY__A__CONST__VAL_IVAL) return c->ival != nullptr && c->ival->ival == 1;
+  if (c->val_case == PG_QUERY__A__CONST__VAL_BOOLVAL) return c->boolval != nullptr && c->boolval->boolval;
+  if (c->val_case != PG_QUERY__A__CONST__VAL_SVAL || c->sval == nullptr || c->sval->sval == nullptr)
+    return false;
+  std::string v(c->sval->sval);
+  for (char& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return v == "on" || v == "true" || v == "yes" || v == "1";
+}
+
 // GUC names are case-insensitive: SET "ROLE" is SET role.
 std::string lower_ascii(std::string_view s) {
   std::string out(s);
@@ -38,6 +57,7 @@ struct Edit {
   int start = 0;
   int end = 0;
   std::string text;
+  std::string output_text;  // the splice of StatementDecision::output_sql, if it differs
 };
 
 class Analyzer {
@@ -45,6 +65,10 @@ class Analyzer {
   Analyzer(std::string sql, const SessionPolicy& policy, AnalysisMode mode)
       : sql_(std::move(sql)), policy_(policy), strict_(mode == AnalysisMode::strict) {}
   StatementDecision run();
+  // After run(): the rewrite (or output rewrite) with the literals at
+  // `literals` as NUL bytes; nullopt when an edit touches one.
+  std::optional<std::string> splice_template(bool output,
+                                             const std::vector<std::pair<size_t, size_t>>& literals) const;
 
  private:
   void statement(const PgQuery__Node* node);
@@ -68,6 +92,10 @@ class Analyzer {
   // Past a U&"..." identifier's UESCAPE 'c' clause, if token k has one.
   int skip_uescape(int k);
   void check_refused_columns(size_t first_wrapped, size_t first_column_ref);
+  void plan_output_masking(const PgQuery__SelectStmt* s, size_t first_wrapped);
+  // The text with edits_ applied (sorted, checked); `output`: their
+  // output_text where they have one.
+  std::string splice(bool output) const;
   void refuse(std::string_view rule, std::string_view what, std::string_view why);
   bool refused() const { return decision_.refusal.has_value(); }
   const std::vector<Token>* tokens();
@@ -100,9 +128,11 @@ class Analyzer {
   struct Wrapped {
     const RelationMasks* masks;
     std::string alias;
+    const PgQuery__RangeVar* rv = nullptr;
   };
   std::vector<Wrapped> wrapped_;
   std::vector<const PgQuery__ColumnRef*> column_refs_;
+  bool output_planned_ = false;  // plan_output_masking() filled decision_.output_*
 };
 
 void Analyzer::refuse(std::string_view rule, std::string_view what, std::string_view why) {
@@ -173,8 +203,6 @@ StatementDecision Analyzer::run() {
   }
   if (edits_.empty()) return decision_;
   std::sort(edits_.begin(), edits_.end(), [](const Edit& a, const Edit& b) { return a.start < b.start; });
-  std::string out;
-  out.reserve(sql_.size() + edits_.size() * 256);
   int at = 0;
   for (const auto& e : edits_) {
     if (e.start < at || e.end < e.start || e.end > static_cast<int>(sql_.size())) {
@@ -183,14 +211,62 @@ StatementDecision Analyzer::run() {
           policy_refusal(policy_, "rewrite", "this statement", "pgcloak could not rewrite it safely");
       return decision_;
     }
-    out.append(sql_, static_cast<size_t>(at), static_cast<size_t>(e.start - at));
-    out += e.text;
     at = e.end;
   }
-  out.append(sql_, static_cast<size_t>(at), std::string::npos);
   decision_.action = StatementDecision::Action::rewrite;
-  decision_.sql = std::move(out);
+  decision_.sql = splice(false);
+  if (output_planned_ && result.n_stmts == 1) {
+    decision_.output_sql = splice(true);
+  } else {
+    output_planned_ = false;
+    decision_.output_columns.clear();
+    decision_.output_fields = 0;
+  }
   return decision_;
+}
+
+std::string Analyzer::splice(bool output) const {
+  std::string out;
+  out.reserve(sql_.size() + edits_.size() * 256);
+  size_t at = 0;
+  for (const auto& e : edits_) {
+    out.append(sql_, at, static_cast<size_t>(e.start) - at);
+    out += output && !e.output_text.empty() ? e.output_text : e.text;
+    at = static_cast<size_t>(e.end);
+  }
+  out.append(sql_, at, std::string::npos);
+  return out;
+}
+
+std::optional<std::string> Analyzer::splice_template(
+    bool output, const std::vector<std::pair<size_t, size_t>>& literals) const {
+  std::string out;
+  out.reserve(sql_.size() + edits_.size() * 256);
+  size_t li = 0;
+  // sql_[from, to) with each literal inside as one NUL byte.
+  auto copy = [&](size_t from, size_t to) {
+    while (li < literals.size() && literals[li].first < to) {
+      const auto [start, len] = literals[li];
+      if (start < from) return false;  // straddles an edit
+      if (start + len > to) return false;
+      out.append(sql_, from, start - from);
+      out += '\0';
+      from = start + len;
+      ++li;
+    }
+    out.append(sql_, from, to - from);
+    return true;
+  };
+  size_t at = 0;
+  for (const auto& e : edits_) {
+    if (!copy(at, static_cast<size_t>(e.start))) return std::nullopt;
+    out += output && !e.output_text.empty() ? e.output_text : e.text;
+    at = static_cast<size_t>(e.end);
+  }
+  if (!copy(at, sql_.size()) || li != literals.size()) return std::nullopt;
+  // The NUL bytes must be the literals' and nothing else's.
+  if (static_cast<size_t>(std::count(out.begin(), out.end(), '\0')) != literals.size()) return std::nullopt;
+  return out;
 }
 
 void Analyzer::statement(const PgQuery__Node* node) {
@@ -340,6 +416,8 @@ void Analyzer::statement(const PgQuery__Node* node) {
   if (refused()) return;
   visit(&node->base, "stmt");
   if (!refused()) check_refused_columns(first_wrapped, first_ref);
+  if (!refused() && node->node_case == PG_QUERY__NODE__NODE_SELECT_STMT)
+    plan_output_masking(node->select_stmt, first_wrapped);
 }
 
 bool Analyzer::probe(const ProtobufCMessage* m) {
@@ -520,14 +598,18 @@ void Analyzer::wrap(const PgQuery__RangeVar* rv, const RelationMasks& m) {
       alias += ")";
     }
   }
-  std::string text = "(SELECT " + m.select_list + " FROM " + (only ? "ONLY " : "") +
-                     end_line_comment(sql_.substr(static_cast<size_t>(name_start),
-                                                  static_cast<size_t>(name_end - name_start))) +
-                     ") AS " + alias;
-  if (table_statement) text = "SELECT * FROM " + text;
-  // Keep a space on both sides so the splice never glues onto a neighbour.
-  edits_.push_back({t[first].start, token_end(last), " " + text + " "});
-  wrapped_.push_back({&m, alias_name});
+  auto splice = [&](const std::string& select_list) {
+    std::string text = "(SELECT " + select_list + " FROM " + (only ? "ONLY " : "") +
+                       end_line_comment(sql_.substr(static_cast<size_t>(name_start),
+                                                    static_cast<size_t>(name_end - name_start))) +
+                       ") AS " + alias;
+    if (table_statement) text = "SELECT * FROM " + text;
+    // Keep a space on both sides so the splice never glues onto a neighbour.
+    return " " + text + " ";
+  };
+  edits_.push_back({t[first].start, token_end(last), splice(m.select_list),
+                    m.output_select_list.empty() ? std::string() : splice(m.output_select_list)});
+  wrapped_.push_back({&m, alias_name, rv});
 }
 
 void Analyzer::copy(const PgQuery__CopyStmt* c) {
@@ -587,6 +669,11 @@ void Analyzer::copy(const PgQuery__CopyStmt* c) {
 
 void Analyzer::dml_target(const PgQuery__RangeVar* target, const ProtobufCMessage* stmt, bool insert) {
   if (target == nullptr) return;
+  if (std::string_view(target->relname) == "pg_settings") {
+    // UPDATE pg_settings is set_config() (refused) by another name.
+    return refuse("deny:settings", "changing settings through pg_settings",
+                  "it changes settings such as the role or how strings are read");
+  }
   skip_.insert(target);
   const RelationMasks* m = resolve(target);
   if (m == nullptr) return;
@@ -694,6 +781,12 @@ void Analyzer::setting(const PgQuery__VariableSetStmt* s) {
                   "it sends the server's parse trees and plans to the client, with the masking expressions "
                   "and their keys");
   }
+  if (name == "standard_conforming_strings" && !sets_on(s)) {
+    return refuse(
+        "deny:string-syntax", "turning standard_conforming_strings off",
+        "pgcloak parses statements with standard strings, as PostgreSQL does by default; with "
+        "backslash escapes PostgreSQL would read a statement differently from what pgcloak checked");
+  }
 }
 
 int Analyzer::skip_uescape(int k) {
@@ -704,6 +797,90 @@ int Analyzer::skip_uescape(int k) {
     return k + 2;
   }
   return k;
+}
+
+// Output masking (StatementDecision::output_sql). Conservative on purpose:
+// the raw values of output-masked columns may reach nothing PostgreSQL
+// computes, only the result rows, where the relay masks them. So: one
+// SELECT reading one protected relation, no CTE, set operation, DISTINCT,
+// grouping, window, locking or INTO; a select list of plain column
+// references (no expressions, no alias on an output-masked column, no
+// whole-row reference); and WHERE, ORDER BY, OFFSET and LIMIT free of
+// subqueries, stars, whole-row references, output-masked column names and
+// ORDER BY positions. PostgreSQL reports each such column as an output
+// column with the relation's OID and the column's number; the count of
+// them follows from the select list, and the relay checks it.
+void Analyzer::plan_output_masking(const PgQuery__SelectStmt* s, size_t first_wrapped) {
+  if (wrapped_.size() != first_wrapped + 1 || edits_.empty()) return;
+  const Wrapped& w = wrapped_.back();
+  const RelationMasks& m = *w.masks;
+  if (m.output_select_list.empty() || w.rv == nullptr) return;
+  if (s->n_distinct_clause > 0 || s->into_clause != nullptr || s->n_group_clause > 0 ||
+      s->having_clause != nullptr || s->n_window_clause > 0 || s->n_values_lists > 0 ||
+      s->n_locking_clause > 0 || s->with_clause != nullptr || s->op != PG_QUERY__SET_OPERATION__SETOP_NONE ||
+      s->n_from_clause != 1 || s->from_clause[0]->node_case != PG_QUERY__NODE__NODE_RANGE_VAR ||
+      s->from_clause[0]->range_var != w.rv) {
+    return;
+  }
+  if (w.rv->alias != nullptr && w.rv->alias->n_colnames > 0) return;  // columns renamed
+  const auto& cols = m.protection->relation->columns;
+  std::unordered_set<std::string> raw;
+  for (size_t k = 0; k < cols.size(); ++k) {
+    if (m.output_masked[k]) raw.insert(cols[k].name);
+  }
+  const std::string relname = w.rv->relname;
+  // A one-field reference that names the relation is the whole row.
+  auto whole_row = [&](const std::vector<std::string>& f) {
+    return f.size() == 1 && (f.front() == w.alias || f.front() == relname);
+  };
+  uint32_t fields = 0;
+  for (size_t i = 0; i < s->n_target_list; ++i) {
+    const PgQuery__Node* n = s->target_list[i];
+    if (n->node_case != PG_QUERY__NODE__NODE_RES_TARGET) return;
+    const PgQuery__ResTarget* rt = n->res_target;
+    if (rt->val == nullptr || rt->val->node_case != PG_QUERY__NODE__NODE_COLUMN_REF || rt->n_indirection > 0)
+      return;
+    const PgQuery__ColumnRef* cr = rt->val->column_ref;
+    auto f = string_list(cr->fields, cr->n_fields);
+    if (f.empty() || whole_row(f)) return;
+    if (f.back().empty()) {  // * or alias.*
+      fields += static_cast<uint32_t>(raw.size());
+    } else if (raw.count(f.back()) != 0) {
+      if (rt->name != nullptr && *rt->name != '\0') return;
+      ++fields;
+    }
+  }
+  if (fields == 0) return;
+  bool clean = true;
+  auto check = [&](const ProtobufCMessage* c, std::string_view) {
+    if (!clean) return false;
+    if (is(c, pg_query__sub_link__descriptor)) {
+      clean = false;
+    } else if (is(c, pg_query__column_ref__descriptor)) {
+      const auto* cr = reinterpret_cast<const PgQuery__ColumnRef*>(c);
+      auto f = string_list(cr->fields, cr->n_fields);
+      if (f.empty() || f.back().empty() || whole_row(f) || raw.count(f.back()) != 0) clean = false;
+    }
+    return clean;
+  };
+  auto clean_expr = [&](const PgQuery__Node* e) {
+    if (e != nullptr && check(&e->base, "")) walk_children(&e->base, check);
+    return clean;
+  };
+  if (!clean_expr(s->where_clause) || !clean_expr(s->limit_offset) || !clean_expr(s->limit_count)) return;
+  for (size_t i = 0; i < s->n_sort_clause; ++i) {
+    const PgQuery__Node* n = s->sort_clause[i];
+    if (n->node_case != PG_QUERY__NODE__NODE_SORT_BY || n->sort_by->node == nullptr) return;
+    // ORDER BY 3 sorts by the third result column, whatever it holds.
+    if (n->sort_by->node->node_case == PG_QUERY__NODE__NODE_A_CONST || n->sort_by->n_use_op > 0) return;
+    if (!clean_expr(n->sort_by->node)) return;
+  }
+  for (size_t k = 0; k < cols.size(); ++k) {
+    if (m.output_masked[k])
+      decision_.output_columns.emplace_back(m.protection->relation->oid, cols[k].attnum);
+  }
+  decision_.output_fields = fields;
+  output_planned_ = true;
 }
 
 void Analyzer::check_refused_columns(size_t first_wrapped, size_t first_ref) {
@@ -755,6 +932,36 @@ StatementDecision analyze_statement(std::string_view sql, const SessionPolicy& p
   }
   Analyzer a{std::string(sql), policy, mode};
   return a.run();
+}
+
+DecisionTemplate analyze_statement_template(std::string_view sql, const SessionPolicy& policy,
+                                            AnalysisMode mode,
+                                            const std::vector<std::pair<size_t, size_t>>& literals) {
+  DecisionTemplate t;
+  if (!policy.masks_anything() ||
+      (mode == AnalysisMode::normal && !policy.protection().may_be_sensitive(sql)) ||
+      sql.find('\0') != std::string_view::npos) {
+    t.decision = analyze_statement(sql, policy, mode);
+    return t;
+  }
+  Analyzer a{std::string(sql), policy, mode};
+  t.decision = a.run();
+  switch (t.decision.action) {
+    case StatementDecision::Action::pass: t.shareable = true; break;
+    case StatementDecision::Action::refuse: break;
+    case StatementDecision::Action::rewrite: {
+      auto sql_t = a.splice_template(false, literals);
+      std::optional<std::string> out_t;
+      if (sql_t && !t.decision.output_sql.empty()) out_t = a.splice_template(true, literals);
+      if (sql_t && (t.decision.output_sql.empty() || out_t)) {
+        t.shareable = true;
+        t.sql_template = std::move(*sql_t);
+        if (out_t) t.output_template = std::move(*out_t);
+      }
+      break;
+    }
+  }
+  return t;
 }
 
 bool may_change_catalog(std::string_view sql) {

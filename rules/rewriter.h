@@ -36,6 +36,18 @@ struct StatementDecision {
   std::string rule;                    // what decided: "masking", "deny:do", ...
   std::vector<std::string> relations;  // protected relations read, "schema.name"
   bool catalog_may_change = false;     // DDL: refresh the catalog afterwards
+  // Output masking (docs/masking.md): a rewrite that pgcloak may run in the
+  // simple protocol instead of `sql`, where the columns in output_columns
+  // (relation OID, attnum) are read raw and pgcloak masks them in the
+  // result rows, identified by RowDescription's table OID and column
+  // number. Only for one SELECT from one protected relation whose
+  // output-masked columns appear nowhere but as plain result columns, so
+  // that what PostgreSQL computes (filter, order, limit) never sees them.
+  // PostgreSQL must report exactly output_fields such result columns;
+  // with any other count the relay sends no row. Empty when not possible.
+  std::string output_sql;
+  std::vector<std::pair<uint32_t, int16_t>> output_columns;
+  uint32_t output_fields = 0;
 };
 
 // normal: statements the pre-check finds harmless pass unparsed.
@@ -49,6 +61,25 @@ enum class AnalysisMode { normal, strict };
 // get here. Never throws.
 StatementDecision analyze_statement(std::string_view sql, const SessionPolicy& policy,
                                     AnalysisMode mode = AnalysisMode::normal);
+
+// For DecisionCache: analyze_statement(), plus whether the decision holds
+// for every text with the same literal skeleton (literal_skeleton.h), given
+// the literals' places in `sql`. When it does, `sql_template` and
+// `output_template` are the decision's sql and output_sql with each of
+// those literals replaced by one NUL byte, in order: another text's
+// literals go there. Only pass and rewrite decisions are shared (a refusal
+// can quote a position), and only when no edit touches a literal. The
+// decision itself never depends on a literal's value: the analysis looks
+// at names, never at constants.
+struct DecisionTemplate {
+  StatementDecision decision;
+  bool shareable = false;
+  std::string sql_template;
+  std::string output_template;
+};
+DecisionTemplate analyze_statement_template(std::string_view sql, const SessionPolicy& policy,
+                                            AnalysisMode mode,
+                                            const std::vector<std::pair<size_t, size_t>>& literals);
 
 // Whether a statement text may change the catalog (CREATE, ALTER, DROP,
 // GRANT, ...), from its words outside literals and comments. A heuristic

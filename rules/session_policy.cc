@@ -7,6 +7,30 @@
 
 namespace pgcloak::rules {
 
+namespace {
+
+// Whether pgcloak may apply `spec` to text-format values of a column of
+// `type` in result rows instead of PostgreSQL: mask_text_value() gives the
+// SQL expression's output for it (tests/integration/test_mask_expressions.py
+// checks that value for value in a real PostgreSQL), and computing it in
+// SQL costs more than a constant. char/varchar/text only: their text output
+// is the value itself.
+bool output_maskable(const MaskSpec& spec, const ColumnType& type, const MaskKeys& keys) {
+  if (type.oid != type_oid::text && type.oid != type_oid::varchar && type.oid != type_oid::bpchar)
+    return false;
+  switch (spec.kind) {
+    case MaskKind::hash:
+    case MaskKind::pseudonym: return keys.present;
+    case MaskKind::partial:
+    case MaskKind::email:
+    case MaskKind::last4:
+    case MaskKind::redact_patterns: return true;
+    default: return false;
+  }
+}
+
+}  // namespace
+
 SessionPolicy::SessionPolicy(std::shared_ptr<const Protection> protection, std::string user)
     : protection_(std::move(protection)), user_(std::move(user)) {
   static std::atomic<uint64_t> next_id{0};
@@ -22,6 +46,9 @@ SessionPolicy::SessionPolicy(std::shared_ptr<const Protection> protection, std::
     m.specs.resize(cols.size(), MaskSpec::of(MaskKind::allow));
     m.refused.resize(cols.size(), false);
     m.refused_why.resize(cols.size());
+    m.output_masked.resize(cols.size(), false);
+    std::string output_list;
+    bool any_output = false;
     for (size_t i = 0; i < cols.size(); ++i) {
       const auto& pc = rp.columns[i];
       std::string expr;
@@ -57,9 +84,17 @@ SessionPolicy::SessionPolicy(std::shared_ptr<const Protection> protection, std::
         expr = "CAST(NULL AS " + cast_type_name(cols[i].type) + ")";
         m.masks_anything = true;
       }
+      if (!m.refused[i] && !expr.empty() &&
+          output_maskable(m.specs[i], cols[i].type, protection_->config().keys)) {
+        m.output_masked[i] = true;
+        any_output = true;
+      }
       if (!m.select_list.empty()) m.select_list += ", ";
       m.select_list += expr.empty() ? name : expr + " AS " + name;
+      if (!output_list.empty()) output_list += ", ";
+      output_list += expr.empty() || m.output_masked[i] ? name : expr + " AS " + name;
     }
+    if (any_output) m.output_select_list = std::move(output_list);
     masks_anything_ = masks_anything_ || m.masks_anything;
     masks_.emplace(rp.relation->oid, std::move(m));
   }

@@ -28,6 +28,14 @@ struct RelationMasks {
   // "id", CAST(...) AS "email", ... : the select list of the masking subquery.
   std::string select_list;
   bool masks_anything = false;
+  // Output masking (StatementDecision::output_sql): columns whose mask
+  // pgcloak can apply to result rows itself, value for value what the SQL
+  // expression gives (string columns; masks with a C++ twin in
+  // mask_value.h that costs PostgreSQL real work per row: hash, pseudonym,
+  // partial, email, last4, redact_patterns). output_select_list is
+  // select_list with those columns read raw; empty when there are none.
+  std::vector<bool> output_masked;
+  std::string output_select_list;
 };
 
 class SessionPolicy {

@@ -169,3 +169,131 @@ def test_startup_settings_cannot_switch_identity_or_print_plans(masked_proxy):
     # Unmasked logins keep every option.
     with _connect(masked_proxy, "admin", options="-c debug_print_plan=off") as c:
         assert c.execute("SELECT 1").fetchone()[0] == 1
+
+
+# --- output masking (docs/masking.md) ----------------------------------------------
+
+
+def wire_rows(cur) -> list[tuple]:
+    res = cur.pgresult
+    return [tuple(res.get_value(r, c) for c in range(res.nfields)) for r in range(res.ntuples)]
+
+
+@pytest.mark.parametrize("role,columns", [
+    ("support", "id, full_name, email, phone, card_number, notes, ssn"),
+    ("analyst", "id, email, phone, notes"),
+])
+def test_output_masking_gives_what_the_sql_masks_give(masked_proxy, raw_values, role, columns):
+    """A plain SELECT of masked columns is masked by pgcloak in the result rows
+    (hash, email, partial, last4, redact_patterns); a predicate on them makes
+    PostgreSQL compute the masks instead. Both must give the same bytes."""
+    with connect(masked_proxy, role) as c:
+        wait_for_masking(c)
+        cur = c.cursor()
+        # Simple protocol (no parameters): output masking applies.
+        cur.execute(f"SELECT {columns} FROM customers WHERE id <= 300 ORDER BY id")
+        in_rows = wire_rows(cur)
+        ftables = [cur.pgresult.ftable(i) for i in range(cur.pgresult.nfields)]
+        # The same rows with the masks computed in SQL: email is in the
+        # predicate, so the statement is not eligible.
+        cur.execute(f"SELECT {columns} FROM customers WHERE id <= 300 AND (email IS NULL OR email IS NOT NULL) "
+                    "ORDER BY id")
+        in_sql = wire_rows(cur)
+        sql_ftables = [cur.pgresult.ftable(i) for i in range(cur.pgresult.nfields)]
+        # Extended protocol: never output masking.
+        cur.execute(f"SELECT {columns} FROM customers WHERE id <= %s ORDER BY id", (300,))
+        extended = [tuple(None if v is None else str(v).encode() for v in row) for row in cur.fetchall()]
+    assert len(in_rows) == 300
+    assert in_rows == in_sql
+    assert [r[1:] for r in in_rows] == [r[1:] for r in extended]
+    # Output-masked columns keep their origin in RowDescription (PostgreSQL
+    # reports it for the raw column); SQL masks are expressions without one.
+    masked_here = [i for i, (a, b) in enumerate(zip(ftables, sql_ftables)) if a != b]
+    assert [columns.split(", ")[i] for i in masked_here] == \
+        [c for c in columns.split(", ") if c in ("email", "phone", "card_number", "notes")][:len(masked_here)]
+    assert masked_here
+    decoded = [tuple(None if v is None else v.decode() for v in row) for row in in_rows]
+    assert_no_leak(decoded, raw_values)
+    assert "backstop" not in masked_proxy.log()
+
+
+def test_output_masking_off_unless_utf8(masked_proxy, raw_values):
+    """Rows in another client encoding would hash differently from the SQL
+    masks: pgcloak leaves those statements to PostgreSQL."""
+    with connect(masked_proxy, "analyst") as c:
+        wait_for_masking(c)
+        cur = c.cursor()
+        cur.execute("SELECT id, email FROM customers WHERE id <= 50 ORDER BY id")
+        utf8 = wire_rows(cur)
+        cur.execute("SET client_encoding = 'LATIN1'")
+        cur.execute("SELECT id, email FROM customers WHERE id <= 50 ORDER BY id")
+        latin1 = wire_rows(cur)
+        assert cur.pgresult.ftable(1) == 0  # the SQL mask, an expression
+        cur.execute("RESET client_encoding")
+        cur.execute("SELECT id, email FROM customers WHERE id <= 50 ORDER BY id")
+        assert cur.pgresult.ftable(1) != 0  # back to output masking
+        assert wire_rows(cur) == utf8
+    assert utf8 == latin1
+    assert_no_leak([tuple(v.decode() for v in r if v is not None) for r in utf8], raw_values)
+
+
+def test_output_masking_fails_closed_when_columns_do_not_match(masked_proxy, shop, raw_values):
+    """A temporary table shadowing customers makes PostgreSQL read another
+    relation than the one pgcloak planned for: the result columns do not
+    carry the expected origin, and pgcloak sends no row at all."""
+    with connect(masked_proxy, "support") as c:
+        wait_for_masking(c)
+        c.execute("CREATE TEMP TABLE customers (id bigint, full_name text, email text, phone text, ssn text, "
+                  "card_number text, birth_date date, address text, notes text, created_at timestamptz)")
+        c.execute("INSERT INTO customers (id, email) VALUES (1, 'temp@example.com')")
+        cur = c.cursor()
+        with pytest.raises(psycopg.errors.InternalError_) as e:
+            cur.execute("SELECT * FROM customers")
+            wire_rows(cur)
+        assert "could not match the result columns" in str(e.value)
+        cur.execute("SELECT 1")  # the session goes on
+        assert cur.fetchone() == (1,)
+    assert "output masking: PostgreSQL reported 0 of the 4" in masked_proxy.log()
+
+
+# A statement that means different things with and without standard strings:
+# with standard_conforming_strings off, PostgreSQL reads '\' ,' as one
+# string and runs the subquery; with it on (libpg_query, and PostgreSQL by
+# default) the subquery is inside the second string.
+LEXING_TRICK = r"SELECT '\' ,' , (SELECT email FROM customers ORDER BY id LIMIT 1) AS leak, ' AS z --'"
+
+
+def test_string_syntax_cannot_be_switched_for_masked_roles(masked_proxy, shop, raw_values):
+    with connect(masked_proxy, "support") as c:
+        wait_for_masking(c)
+        row = c.execute(LEXING_TRICK).fetchone()  # standard strings: two constants
+        assert len(row) == 2
+        assert_no_leak([row], raw_values)
+        for sql in ("SET standard_conforming_strings = off", "RESET standard_conforming_strings",
+                    "SELECT set_config('standard_conforming_strings', 'off', false)",
+                    "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(sql)
+        assert c.execute("SHOW standard_conforming_strings").fetchone()[0] == "on"
+    with pytest.raises(psycopg.OperationalError) as e:
+        _connect(masked_proxy, "support", options="-c standard_conforming_strings=off")
+    assert "startup setting" in str(e.value)
+    # A default an administrator set: the session starts with it off, and
+    # pgcloak refuses its statements instead of misreading them.
+    with shop.admin() as adm:
+        adm.execute("ALTER ROLE support SET standard_conforming_strings = off")
+    try:
+        with connect(masked_proxy, "support") as c:
+            for sql in (LEXING_TRICK, "SELECT id FROM customers LIMIT 1", "SELECT 1"):
+                with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+                    c.execute(sql)
+                assert "standard_conforming_strings = on" in str(e.value)
+        # Unmasked roles are not concerned.
+        with shop.admin() as adm:
+            adm.execute("ALTER ROLE admin SET standard_conforming_strings = off")
+        with connect(masked_proxy, "admin") as c:
+            assert c.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        with shop.admin() as adm:
+            adm.execute("ALTER ROLE support RESET standard_conforming_strings")
+            adm.execute("ALTER ROLE admin RESET standard_conforming_strings")

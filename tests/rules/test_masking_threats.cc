@@ -585,6 +585,36 @@ TEST_F(MaskingThreatsTest, Class09_NamingTricks) {
     EXPECT_EQ(d.refusal->sqlstate, "42501");
     EXPECT_NE(d.refusal->message.find("NUL"), std::string::npos) << d.refusal->message;
   }
+  // Lexing differentials: with standard_conforming_strings off PostgreSQL
+  // reads 'x\' ... as an unfinished string with an escaped quote, where
+  // libpg_query (standard strings) sees a complete one, so
+  //   SELECT '\' ,' , (SELECT email FROM customers) AS leak, ' AS z --'
+  // would be two harmless constants to pgcloak and a raw read to the
+  // server. Every way to turn it off is refused; the relay refuses masked
+  // statements while the server reports it off (a role or database default).
+  for (const char* sql : {
+           "SET standard_conforming_strings = off",
+           "SET standard_conforming_strings TO false",
+           "SET SESSION standard_conforming_strings = 0",
+           "SET LOCAL standard_conforming_strings = 'off'",
+           "SET standard_conforming_strings TO DEFAULT",
+           "RESET standard_conforming_strings",
+           "SET \"standard_conforming_strings\" = off",
+           "ALTER DATABASE shop SET standard_conforming_strings = off",
+       }) {
+    expect_refused(support(), sql, "deny:string-syntax", "standard_conforming_strings");
+  }
+  expect_passed(support(), "SET standard_conforming_strings = on");
+  expect_passed(support(), "SET standard_conforming_strings TO 'true'");
+  expect_refused(support(), "SELECT set_config('standard_conforming_strings', 'off', false)", "deny:function",
+                 "set_config");
+  expect_refused(support(),
+                 "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+                 "deny:settings", "pg_settings");
+  expect_refused(support(), "UPDATE pg_catalog.pg_settings SET setting = 'x' WHERE name = 'role'",
+                 "deny:settings", "pg_settings");
+  expect_passed(support(),
+                "SELECT name, setting FROM pg_settings WHERE name = 'standard_conforming_strings'");
   // A trailing line comment after the name must not swallow the splice.
   expect_rewritten(support(), "SELECT email\nFROM customers -- main table\nWHERE id = 1");
   expect_rewritten(support(), "SELECT c.email FROM customers -- x\n c WHERE c.id = 1");

@@ -148,5 +148,108 @@ TEST_F(RewriterTest, NamingTricks) {
   EXPECT_EQ(as_support("SELECT * FROM \"Customers\"").action, Action::pass);
 }
 
+// Output masking (StatementDecision::output_sql): support's email (email),
+// phone (partial), card_number (last4) and notes (redact_patterns) of
+// customers (attnums 3, 4, 6, 9) may be masked in result rows by pgcloak.
+TEST_F(RewriterTest, OutputMaskingPlansSimpleSelects) {
+  const std::vector<std::pair<uint32_t, int16_t>> support_cols{
+      {16400, 3}, {16400, 4}, {16400, 6}, {16400, 9}};
+  struct Case {
+    std::string_view sql;
+    uint32_t fields;
+  };
+  for (const Case& c : {Case{"SELECT * FROM customers", 4}, Case{"TABLE customers", 4},
+                        Case{"SELECT * FROM customers WHERE id = 7", 4},
+                        Case{"SELECT email, id FROM customers c WHERE c.id < 10 ORDER BY id DESC LIMIT 5", 1},
+                        Case{"SELECT c.email, c.phone, email FROM ONLY public.customers AS c", 3},
+                        Case{"SELECT *, notes FROM customers OFFSET 2", 5},
+                        Case{"SELECT c.* FROM customers c WHERE created_at > now() - interval '1 day'", 4},
+                        Case{"SELECT id AS email, full_name FROM customers ORDER BY full_name", 0},
+                        Case{"select EMAIL from CUSTOMERS;", 1}}) {
+    SCOPED_TRACE(c.sql);
+    auto d = as_support(c.sql);
+    expect_masked(d);
+    EXPECT_EQ(d.output_fields, c.fields);
+    if (c.fields == 0) {
+      EXPECT_TRUE(d.output_sql.empty()) << d.output_sql;
+      continue;
+    }
+    EXPECT_EQ(d.output_columns, support_cols);
+    ASSERT_TRUE(ParseTree::parse(d.output_sql).ok()) << d.output_sql;
+    // The output-masked columns are read raw; everything else is masked as
+    // in `sql`.
+    EXPECT_NE(d.output_sql.find("\"email\", \"phone\""), std::string::npos) << d.output_sql;
+    EXPECT_NE(d.output_sql.find("AS \"ssn\""), std::string::npos) << d.output_sql;
+    EXPECT_EQ(d.sql.find("\"email\", \"phone\""), std::string::npos) << d.sql;
+  }
+}
+
+// Anything that lets PostgreSQL compute with a raw value, or hides which
+// result column carries it, keeps the masks in SQL.
+TEST_F(RewriterTest, OutputMaskingOnlyWhenRawValuesReachNothingButTheOutput) {
+  int rewritten = 0;
+  for (std::string_view sql : {
+           "SELECT * FROM customers WHERE email = 'a@b.c'",         // predicate
+           "SELECT * FROM customers WHERE lower(phone) LIKE '%1'",  // inside an expression
+           "SELECT * FROM customers ORDER BY email",                // sort
+           "SELECT * FROM customers ORDER BY 3",                    // sort by position
+           "SELECT email FROM customers ORDER BY 1",                //
+           "SELECT * FROM customers ORDER BY card_number USING <",  //
+           "SELECT email AS e FROM customers",                      // renamed result column
+           "SELECT lower(email) FROM customers",                    // expression
+           "SELECT email || '' FROM customers",                     //
+           "SELECT email::varchar FROM customers",                  // cast
+           "SELECT customers FROM customers",                       // whole row
+           "SELECT c FROM customers c",                             //
+           "SELECT id FROM customers c WHERE c IS NOT NULL",        // whole row in a predicate
+           "SELECT id FROM customers c WHERE (c).email IS NULL",    //
+           "SELECT * FROM customers WHERE id IN (SELECT 1)",        // subquery
+           "SELECT * FROM customers WHERE EXISTS (SELECT email)",   // correlated
+           "SELECT DISTINCT email FROM customers",                  // DISTINCT
+           "SELECT DISTINCT ON (id) email FROM customers",          //
+           "SELECT email FROM customers GROUP BY email",            // grouping
+           "SELECT email, count(*) OVER () FROM customers",         // window
+           "SELECT * FROM customers FOR UPDATE",                    // locking
+           "SELECT * INTO TEMP t FROM customers",                   // INTO
+           "WITH x AS (SELECT 1) SELECT * FROM customers",          // CTE
+           "SELECT email FROM customers UNION ALL SELECT 'x'",      // set operation
+           "SELECT c.email FROM customers c, orders o",             // two relations
+           "SELECT c.email FROM customers c JOIN orders o ON o.customer_id = c.id",
+           "SELECT email FROM customers AS c(a, b, email)",     // renamed columns
+           "SELECT * FROM customers LIMIT (SELECT 1)",          //
+           "SELECT * FROM customers; SELECT 1",                 // two statements
+           "SELECT 1; SELECT * FROM customers",                 //
+           "SELECT * FROM (SELECT * FROM customers) s",         // subquery in FROM
+           "COPY (SELECT * FROM customers) TO STDOUT",          // not a SELECT
+           "DECLARE c CURSOR FOR SELECT * FROM customers",      //
+           "EXPLAIN SELECT * FROM customers",                   //
+           "CREATE TABLE t AS SELECT * FROM customers",         //
+           "INSERT INTO orders (id) SELECT id FROM customers",  //
+       }) {
+    SCOPED_TRACE(sql);
+    auto d = as_support(sql);
+    if (d.action == Action::refuse) continue;  // refused outright is fine too
+    ++rewritten;
+    EXPECT_TRUE(d.output_sql.empty()) << d.output_sql;
+    EXPECT_EQ(d.output_fields, 0U);
+    EXPECT_TRUE(d.output_columns.empty());
+  }
+  EXPECT_GE(rewritten, 30);  // the others were refused for other reasons
+}
+
+// The analyst's hash is applied in rows when a key is configured; a refused
+// column still refuses the statement.
+TEST_F(RewriterTest, OutputMaskingForHashAndRefusals) {
+  auto d = as_analyst("SELECT id, email FROM customers WHERE id = 1");
+  expect_masked(d);
+  EXPECT_EQ(d.output_fields, 1U);
+  EXPECT_EQ(d.output_columns, (std::vector<std::pair<uint32_t, int16_t>>{{16400, 3}}));
+  expect_refused(as_analyst("SELECT * FROM customers"), "deny:column");
+  // Unmasked policies never get here; payments (partitioned) plans too.
+  d = as_support("SELECT card_number FROM payments");
+  expect_masked(d);
+  EXPECT_EQ(d.output_columns, (std::vector<std::pair<uint32_t, int16_t>>{{16430, 3}}));
+}
+
 }  // namespace
 }  // namespace pgcloak::rules
