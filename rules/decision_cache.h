@@ -1,10 +1,12 @@
 // Analysis results by statement text, so a masked session's repeated
 // statements (prepared on every connection, ORM queries, reports) pay for
-// libpg_query once. Keyed by the SessionPolicy's identity as well, since the
-// same text can be decided differently per policy; a policy replaced by a
-// catalog refresh gets a new identity, so stale decisions are never reused.
-// Bounded in bytes, least recently used out first. Not thread-safe: each
-// relay loop has its own.
+// libpg_query once. Texts that differ only in literal values share one
+// entry through their literal skeleton (literal_skeleton.h) when the
+// decision allows it (analyze_statement_template): simple-protocol point
+// reads with a new id every time are then a scan and a copy, not a parse. Keyed by the SessionPolicy's
+// identity as well, since the same text can be decided differently per policy; a policy replaced by a catalog
+// refresh gets a new identity, so stale decisions are never reused. Bounded in bytes, least recently used out
+// first. Not thread-safe: each relay loop has its own.
 #pragma once
 
 #include <cstddef>
@@ -37,8 +39,14 @@ class DecisionCache {
     std::string key;
     std::shared_ptr<const StatementDecision> decision;
     size_t bytes;
+    // Skeleton entries: the decision's SQL with NUL bytes for literals
+    // (decision->sql and output_sql are then empty).
+    std::string sql_template;
+    std::string output_template;
   };
   void evict();
+  void insert(std::string key, std::shared_ptr<const StatementDecision> decision, std::string sql_template,
+              std::string output_template);
 
   size_t max_bytes_;
   size_t bytes_ = 0;

@@ -7,6 +7,7 @@
 #include <optional>
 #include <set>
 
+#include "rules/literal_skeleton.h"
 #include "rules/pg_tree.h"
 
 namespace pgcloak::rules {
@@ -1276,90 +1277,6 @@ constexpr size_t entry_overhead = 256;
 // Results larger than this share of the cache are computed but not kept.
 constexpr size_t max_entry_fraction = 8;
 
-bool identifier_byte(unsigned char c) {
-  return std::isalnum(c) != 0 || c == '_' || c == '$' || c >= 0x80;
-}
-
-// The text with the values of plain literals taken out: 'strings' become
-// '', and numbers that are not part of an identifier or a $n parameter
-// become one marker byte. Two texts with the same skeleton differ only in
-// those values, so they normalise, fingerprint and touch relations alike,
-// and one analysis serves both: point reads in the simple protocol (a new
-// literal every time, pgbench -S) then cost a scan instead of four
-// libpg_query passes.
-//
-// Anything whose lexing is not that simple gives no skeleton, and the text
-// is analysed (and cached) on its own: backslashes, dollar quotes,
-// comments, prefixed strings (E'', B'', X'', U&''), more than one statement,
-// and integers long enough to lex as another constant type.
-std::optional<std::string> literal_skeleton(std::string_view sql) {
-  constexpr char number_marker = '\x01';
-  std::string out;
-  out.reserve(sql.size());
-  size_t i = 0;
-  const size_t n = sql.size();
-  while (i < n) {
-    const auto c = static_cast<unsigned char>(sql[i]);
-    if (c == '\\' || c == 0) return std::nullopt;
-    if (c == '-' && i + 1 < n && sql[i + 1] == '-') return std::nullopt;
-    if (c == '/' && i + 1 < n && sql[i + 1] == '*') return std::nullopt;
-    if (c == ';') {
-      for (size_t k = i + 1; k < n; ++k) {
-        if (std::isspace(static_cast<unsigned char>(sql[k])) == 0) return std::nullopt;
-      }
-      out.append(sql.substr(i));
-      return out;
-    }
-    if (c == '$' && (i + 1 >= n || std::isdigit(static_cast<unsigned char>(sql[i + 1])) == 0) &&
-        (i == 0 || !identifier_byte(static_cast<unsigned char>(sql[i - 1])))) {
-      return std::nullopt;  // a dollar quote
-    }
-    if (c == '"') {  // a quoted identifier, kept as written
-      size_t k = i + 1;
-      for (;;) {
-        k = sql.find('"', k);
-        if (k == std::string_view::npos) return std::nullopt;
-        if (k + 1 < n && sql[k + 1] == '"') {
-          k += 2;
-          continue;
-        }
-        break;
-      }
-      out.append(sql.substr(i, k + 1 - i));
-      i = k + 1;
-      continue;
-    }
-    if (c == '\'') {
-      if (i > 0 && identifier_byte(static_cast<unsigned char>(sql[i - 1])))
-        return std::nullopt;  // E'', B'', ...
-      size_t k = i + 1;
-      for (;;) {
-        k = sql.find('\'', k);
-        if (k == std::string_view::npos) return std::nullopt;
-        if (k + 1 < n && sql[k + 1] == '\'') {
-          k += 2;
-          continue;
-        }
-        break;
-      }
-      out += "''";
-      i = k + 1;
-      continue;
-    }
-    if (std::isdigit(c) != 0 && (i == 0 || !identifier_byte(static_cast<unsigned char>(sql[i - 1])))) {
-      size_t k = i;
-      while (k < n && std::isdigit(static_cast<unsigned char>(sql[k])) != 0) ++k;
-      if (k - i > 9) return std::nullopt;  // may lex as a float or numeric constant
-      out += number_marker;
-      i = k;
-      continue;
-    }
-    out += static_cast<char>(c);
-    ++i;
-  }
-  return out;
-}
-
 }  // namespace
 
 std::string_view audit_class_name(AuditClass c) {
@@ -1416,7 +1333,7 @@ std::shared_ptr<const StatementAudit> StatementAuditCache::get(
   key += '\0';
   if (auto skeleton = index == 0 ? literal_skeleton(sql) : std::nullopt) {
     key += '\x02';  // cannot start a text: keys of skeletons and of texts never collide
-    key += *skeleton;
+    key += skeleton->text;
   } else {
     key += sql;
   }
