@@ -48,13 +48,15 @@ std::shared_ptr<const StatementDecision> DecisionCache::decide(std::string_view 
     static const auto pass = std::make_shared<const StatementDecision>();
     return pass;
   }
-  std::string key = std::to_string(policy.id());
-  key += mode == AnalysisMode::strict ? 's' : 'n';
+  std::string prefix = std::to_string(policy.id());
+  prefix += mode == AnalysisMode::strict ? 's' : 'n';
   auto skeleton = literal_skeleton(sql);
+  std::string skeleton_key;
   if (skeleton) {
-    key += '\x02';  // cannot start a text: keys of skeletons and of texts never collide
-    key += skeleton->text;
-    if (auto it = map_.find(key); it != map_.end()) {
+    skeleton_key = prefix;
+    skeleton_key += '\x02';  // cannot start a text: keys of skeletons and of texts never collide
+    skeleton_key += skeleton->text;
+    if (auto it = map_.find(skeleton_key); it != map_.end()) {
       ++hits_;
       lru_.splice(lru_.begin(), lru_, it->second);
       const Entry& e = *it->second;
@@ -62,13 +64,7 @@ std::shared_ptr<const StatementDecision> DecisionCache::decide(std::string_view 
       return with_sql(*e.decision, e.sql_template, e.output_template, sql, skeleton->literals);
     }
   }
-  std::string text_key;
-  if (skeleton) {
-    text_key = std::to_string(policy.id());
-    text_key += mode == AnalysisMode::strict ? 's' : 'n';
-  } else {
-    text_key = std::move(key);
-  }
+  std::string text_key = std::move(prefix);
   text_key += sql;
   if (auto it = map_.find(text_key); it != map_.end()) {
     ++hits_;
@@ -85,7 +81,8 @@ std::shared_ptr<const StatementDecision> DecisionCache::decide(std::string_view 
       auto shape = std::make_shared<StatementDecision>(*decision);
       shape->sql.clear();
       shape->output_sql.clear();
-      insert(std::move(key), std::move(shape), std::move(t.sql_template), std::move(t.output_template));
+      insert(std::move(skeleton_key), std::move(shape), std::move(t.sql_template),
+             std::move(t.output_template));
       return decision;
     }
     insert(std::move(text_key), decision, {}, {});
