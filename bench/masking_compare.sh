@@ -17,11 +17,6 @@
 #   1. pgbench -S on the unprotected pgbench tables, analyst vs admin, both
 #      through pgcloak: what the statement check costs when there is nothing
 #      to mask. Goal: analyst/admin >= 0.95. Also analyst-detect vs analyst.
-#      1b. What detection costs pgbench -S, paired: analyst through pgcloak
-#      and through pgcloak-detect at the same time, half the clients each,
-#      so that both see the same moment of the shared machine; the ratio of
-#      their tps in each round, median over rounds. Goal: >= 0.98 (issue:
-#      detectors cost less than 2% of pgbench -S throughput).
 #   2. A custom pgbench script, `SELECT * FROM customers WHERE id = :id` with
 #      a random id, as analyst through pgcloak vs admin direct (and admin
 #      through pgcloak for reference): the cost of masked point reads.
@@ -557,57 +552,6 @@ pgbench_once() { # pgbench_once ROUND WORKLOAD MODE TARGET
   record "$round" "$workload" "$mode" "$target" "${tps:-0}" "${lat:-0}" "${failed:-0}" "$ok" "$cpu_tx"
 }
 
-# pgbench_pair ROUND MODE: pgbench -S as the analyst through pgcloak and
-# through pgcloak-detect at the same time, CLIENTS/2 clients (and JOBS/2
-# threads, at least one) each; both recorded as test select_only_pair.
-pgbench_pair() {
-  local round=$1 mode=$2 half=$((CLIENTS / 2)) jobs=$((JOBS / 2)) t pid i
-  ((half > 0)) || half=1
-  ((jobs > 0)) || jobs=1
-  local targets=("$MASKED_USER@pgcloak" "$MASKED_USER@pgcloak-detect") pids=() cpu0=() cpu1=() logs=() rcs=()
-  log "round $round/$ROUNDS: select_only $mode paired, analyst@pgcloak and analyst@pgcloak-detect at once"
-  for t in "${targets[@]}"; do
-    pid=$(target_pid "$t")
-    cpu0+=("$(cpu_ticks "$pid")")
-    logs+=("$WORK/pgbench-$round-pair-$mode-$t.log")
-  done
-  for i in 0 1; do
-    t=${targets[$i]}
-    PGPASSWORD="$(target_user "$t")-demo" timeout "$RUN_TIMEOUT" \
-      pgbench -n -S -M "$mode" -c "$half" -j "$jobs" -T "$DURATION" \
-      -h 127.0.0.1 -p "$(target_port "$t")" -U "$(target_user "$t")" "$DB" >"${logs[$i]}" 2>&1 &
-    pids+=("$!")
-  done
-  for i in 0 1; do
-    CHILD_PID=${pids[$i]}
-    rc=0
-    wait "${pids[$i]}" || rc=$?
-    rcs+=("$rc")
-  done
-  CHILD_PID=""
-  for i in 0 1; do
-    cpu1+=("$(cpu_ticks "$(target_pid "${targets[$i]}")")")
-  done
-  for i in 0 1; do
-    local out tps lat failed txs ok=1 cpu_tx
-    out=$(<"${logs[$i]}")
-    tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | tail -n 1)
-    lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' <<<"$out" | tail -n 1)
-    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out" | tail -n 1)
-    txs=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out" | tail -n 1)
-    cpu_tx=$(awk -v a="${cpu0[$i]}" -v b="${cpu1[$i]}" -v hz="$CLK_TCK" -v n="${txs:-0}" \
-      'BEGIN {if (n <= 0) print "null"; else printf "%.2f", (b - a) / hz * 1e6 / n}')
-    [[ ${rcs[$i]} == 0 && -n $tps ]] || ok=0
-    [[ -z $failed || $failed == 0 ]] || ok=0
-    if ((!ok)); then
-      ANY_FAILED=1
-      log "paired run failed as ${targets[$i]}; pgbench said:"
-      tail -n 15 <<<"$out" >&2
-    fi
-    record "$round" select_only_pair "$mode" "${targets[$i]}" "${tps:-0}" "${lat:-0}" "${failed:-0}" "$ok" "$cpu_tx"
-  done
-}
-
 scan_once() { # scan_once ROUND TARGET
   local round=$1 target=$2 ok=1
   local run_log=$WORK/scan-$round-$target.log
@@ -655,7 +599,6 @@ for ((round = 1; round <= ROUNDS; round++)); do
   fi
   for mode in "${MODES[@]}"; do
     for t in "${s[@]}"; do pgbench_once "$round" select_only "$mode" "$t"; done
-    pgbench_pair "$round" "$mode"
   done
   for mode in "${MODES[@]}"; do
     for t in "${id[@]}"; do pgbench_once "$round" customer_by_id "$mode" "$t"; done
@@ -783,28 +726,6 @@ for m in modes:
 for row in rows:
     row["detection"] = detection("select_only", row["mode"])
 summary["select_only"] = rows
-
-out.append("")
-out.append("1b. detection cost, paired: pgbench -S as analyst through pgcloak and pgcloak-detect at the same time,")
-out.append(f"    {max(1, ${CLIENTS} // 2)} clients each (tps; ratio per round, median; goal detect/plain >= 0.98)")
-out.append(f"{'mode':<9} {'analyst@pgcloak':>16} {'analyst-detect':>15} {'ratio':>7}  {'per round':<24} {'CPU us/tx plain/detect':>23}  goal")
-pairs = []
-for m in modes:
-    per_round = []
-    for rnd in sorted({q["round"] for q in runs}):
-        va = [q["value"] for q in runs if q["test"] == "select_only_pair" and q["mode"] == m and q["target"] == A and q["round"] == rnd and q["ok"]]
-        vx = [q["value"] for q in runs if q["test"] == "select_only_pair" and q["mode"] == m and q["target"] == AX and q["round"] == rnd and q["ok"]]
-        if va and vx and va[0]:
-            per_round.append(round(vx[0] / va[0], 3))
-    r = round(statistics.median(per_round), 3) if per_round else None
-    a, x = med("select_only_pair", m, A), med("select_only_pair", m, AX)
-    ca, cx = med("select_only_pair", m, A, "proxy_cpu_us_per_tx"), med("select_only_pair", m, AX, "proxy_cpu_us_per_tx")
-    out.append(f"{m:<9} {fmt(a, '16.1f')} {fmt(x, '15.1f')} {fmt(r, '7.3f')}  {' '.join(f'{v:.3f}' for v in per_round):<24} "
-               f"{fmt(ca, '11.1f')}/{fmt(cx, '<11.1f')}  {goal(r, lambda v: v >= 0.98)}")
-    pairs.append({"mode": m, "tps": {A: a, AX: x}, "ratio_detect_to_plain": r, "ratio_per_round": per_round,
-                  "pgcloak_cpu_us_per_tx": {A: ca, AX: cx}, "goal": ">= 0.98",
-                  "goal_met": None if r is None else r >= 0.98})
-summary["select_only_paired_detection"] = pairs
 
 out.append("")
 out.append("2. SELECT * FROM customers WHERE id = random (tps, median; goal analyst-detect/analyst >= 0.98)")
