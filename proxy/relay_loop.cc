@@ -1177,10 +1177,10 @@ void RelayConnection::detect_start(AuditPending& p, bool can_refuse) {
   if (det == nullptr || !p.profile || p.profile->parse_error || p.profile->protected_refs.empty()) return;
   auto protection = observe_.protection ? observe_.protection() : nullptr;
   if (!protection) return;
-  p.facts = rules::statement_facts(*p.profile, *protection, policy_.policy.get());
-  if (p.facts.reads.empty()) return;
+  const rules::StatementFacts& facts = loop_.facts_.get(p.profile, protection, policy_.policy.get());
+  if (facts.reads.empty()) return;
+  p.facts = facts;
   p.facts.key = p.key;
-  p.facts.shape = rules::fingerprint_value(p.profile->fingerprint);
   p.detecting = true;
   std::vector<rules::Alert> alerts;
   p.watch = det->on_statement(*observe_.identity, p.facts, std::chrono::system_clock::now(), alerts);

@@ -187,6 +187,7 @@ class RelayLoop {
   rules::DecisionCache decisions_;
   // Class and protected relations of observed statements (metrics, console).
   rules::StatementAuditCache profiles_{size_t{4} << 20};
+  rules::StatementFactsCache facts_;  // exfiltration detection
   std::vector<std::pair<uint64_t, std::weak_ptr<RelayConnection>>> durable_waiters_;
   uint64_t durable_registered_ = 0;  // seq of the outstanding on_durable registration (0 = none)
   std::chrono::steady_clock::time_point next_tick_{};

@@ -494,6 +494,28 @@ StatementFacts statement_facts(const StatementAudit& audit, const Protection& pr
   return f;
 }
 
+const StatementFacts& StatementFactsCache::get(const std::shared_ptr<const StatementAudit>& audit,
+                                               const std::shared_ptr<const Protection>& protection,
+                                               const SessionPolicy* policy) {
+  if (protection != protection_) {
+    map_.clear();
+    protection_ = protection;
+  }
+  const uint64_t policy_id = policy != nullptr ? policy->id() : 0;
+  auto it = map_.find(audit.get());
+  if (it != map_.end()) {
+    for (const Entry& e : it->second) {
+      if (e.policy_id == policy_id) return e.facts;
+    }
+    if (it->second.size() >= 16) it->second.clear();  // policies replaced many times over
+  } else {
+    if (map_.size() >= max_entries_) map_.clear();
+    it = map_.emplace(audit.get(), std::vector<Entry>{}).first;
+  }
+  it->second.push_back({audit, policy_id, statement_facts(*audit, *protection, policy)});
+  return it->second.back().facts;
+}
+
 void StatementWatch::rearm() {
   max_rows = std::numeric_limits<uint64_t>::max();
   max_bytes = std::numeric_limits<uint64_t>::max();

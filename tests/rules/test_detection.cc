@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -695,5 +697,71 @@ TEST(DetectionFactsTest, HashesAndFingerprints) {
   EXPECT_EQ(detection_hash("abc"), detection_hash("abc"));
 }
 
+}  // namespace
+}  // namespace pgcloak::rules
+
+namespace pgcloak::rules {
+namespace {
+// What deriving a statement's facts costs per statement (reported, not
+// asserted): the relay does it for every statement that reads protected data.
+TEST(DetectionCostTest, StatementFactsPerStatement) {
+  auto protection = testing::shop_protection();
+  SessionPolicy support(protection, "support");
+  auto audit = audit_statement("SELECT * FROM customers WHERE id = 5", 0, protection.get());
+  ASSERT_FALSE(audit.protected_refs.empty());
+  constexpr int rounds = 20000;
+  size_t sink = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < rounds; ++i) sink += statement_facts(audit, *protection, &support).reads.size();
+  const auto t1 = std::chrono::steady_clock::now();
+  StatementFactsCache cache;
+  auto shared = std::make_shared<const StatementAudit>(audit);
+  for (int i = 0; i < rounds; ++i) sink += cache.get(shared, protection, &support).reads.size();
+  const auto t2 = std::chrono::steady_clock::now();
+  std::cout << "[ cost     ] statement_facts: "
+            << std::chrono::duration<double, std::nano>(t1 - t0).count() / rounds << " ns per statement, "
+            << std::chrono::duration<double, std::nano>(t2 - t1).count() / rounds << " ns from the cache\n";
+  EXPECT_EQ(sink, size_t{2 * rounds});
+}
+
+bool same_facts(const StatementFacts& a, const StatementFacts& b) {
+  if (a.reads.size() != b.reads.size()) return false;
+  for (size_t i = 0; i < a.reads.size(); ++i) {
+    if (a.reads[i].relation != b.reads[i].relation || a.reads[i].categories != b.reads[i].categories ||
+        a.reads[i].unfiltered != b.reads[i].unfiltered) {
+      return false;
+    }
+  }
+  return a.statement_class == b.statement_class && a.copy_to == b.copy_to &&
+         a.predicate_on_masked == b.predicate_on_masked && a.shape == b.shape && a.key == b.key;
+}
+
+// The cache answers what statement_facts() answers, per analysis and policy,
+// and forgets everything when the protection changes.
+TEST(DetectionCostTest, FactsCacheMatchesStatementFacts) {
+  auto protection = testing::shop_protection();
+  SessionPolicy support(protection, "support");
+  SessionPolicy analyst(protection, "analyst");
+  StatementFactsCache cache(8);
+  std::vector<std::shared_ptr<const StatementAudit>> audits;
+  for (const char* sql :
+       {"SELECT * FROM customers WHERE id = 5", "SELECT id FROM customers WHERE email = 'x'",
+        "SELECT email FROM customers", "COPY customers TO STDOUT", "SELECT 1"}) {
+    audits.push_back(std::make_shared<const StatementAudit>(audit_statement(sql, 0, protection.get())));
+  }
+  for (int round = 0; round < 3; ++round) {
+    for (const auto& a : audits) {
+      const std::vector<const SessionPolicy*> policies{&support, &analyst, nullptr};
+      for (const SessionPolicy* p : policies) {
+        EXPECT_TRUE(same_facts(cache.get(a, protection, p), statement_facts(*a, *protection, p)));
+      }
+    }
+  }
+  EXPECT_LE(cache.entries(), 8U);
+  // A new protection (catalog refresh, SIGHUP) starts over.
+  auto other = testing::shop_protection();
+  EXPECT_TRUE(same_facts(cache.get(audits[0], other, nullptr), statement_facts(*audits[0], *other, nullptr)));
+  EXPECT_EQ(cache.entries(), 1U);
+}
 }  // namespace
 }  // namespace pgcloak::rules
