@@ -50,6 +50,8 @@ class PolicyStore {
   // statement (the generation moves). Whether masking is on at all is fixed
   // at start: returns an error when the new config would switch it.
   Status reload_masking(std::shared_ptr<const rules::MaskingConfig> masking);
+  // The masking rules in force (the last reload's, else the start's).
+  std::shared_ptr<const rules::MaskingConfig> masking() const;
   rules::Duration refresh_interval() const { return refresh_interval_; }
 
   // The policy of a login: nullptr when masking is disabled; an Error (57P03)
@@ -100,7 +102,6 @@ class PolicyStore {
   bool requested() const { return refresh_requested_.load(); }
   bool stopping() const { return stopping_.load(); }
 
-  std::shared_ptr<const rules::MaskingConfig> masking() const;
   std::shared_ptr<const rules::MaskingConfig> masking_;  // guarded by mu_ after start
   bool enabled_ = false;
   rules::Duration refresh_interval_;

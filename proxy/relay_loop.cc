@@ -942,7 +942,7 @@ void RelayConnection::client_bind(Bytes frame, Buffer& out) {
   AuditSource src;
   if (auto it = audit_statements_.find(b->statement); it != audit_statements_.end()) src = it->second;
   src.statement_name = b->statement;
-  if (observe_.detector != nullptr) {
+  if (observe_.detector != nullptr && observe_.detector->active()) {
     uint64_t h = rules::detection_hash(b->statement);
     for (const auto& v : b->parameters) {
       h = v ? rules::detection_hash(std::string_view(reinterpret_cast<const char*>(v->data()), v->size()), h)
@@ -1023,7 +1023,8 @@ std::shared_ptr<RelayConnection::AuditPending> RelayConnection::audit_pending(
     if (!extended) {
       // The simple protocol's text carries its literals: its hash tells
       // one lookup from the next (slow drip, probing).
-      if (observe_.detector != nullptr) p->key = rules::detection_hash(*p->sql);
+      if (observe_.detector != nullptr && observe_.detector->active())
+        p->key = rules::detection_hash(*p->sql);
       observe_start(*p);
       detect_start(*p, true);
     }
@@ -1174,7 +1175,10 @@ uint64_t RelayConnection::masked_values(const rules::StatementAudit& profile, ui
 
 void RelayConnection::detect_start(AuditPending& p, bool can_refuse) {
   rules::Detector* det = observe_.detector;
-  if (det == nullptr || !p.profile || p.profile->parse_error || p.profile->protected_refs.empty()) return;
+  // Inactive (every rule switched off by a reload): no facts, no call.
+  if (det == nullptr || !det->active() || !p.profile || p.profile->parse_error ||
+      p.profile->protected_refs.empty())
+    return;
   auto protection = observe_.protection ? observe_.protection() : nullptr;
   if (!protection) return;
   const rules::StatementFacts& facts = loop_.facts_.get(p.profile, protection, policy_.policy.get());

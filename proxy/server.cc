@@ -93,22 +93,54 @@ void Server::reload_config() {
     note_reload("rejected", load.format(config_path_));
     return;
   }
-  if (!state_.policies) {
-    log::warn("SIGHUP: masking is not set up in this process; restart pgcloak to apply changes");
-    note_reload("rejected", "masking is not set up in this process");
-    return;
+  // Masking: rebuilt only when its section changed, because a rebuild
+  // starts every session's decision cache again.
+  // (state_.config stays what the process started with: sessions read it
+  // without a lock. What is in force is asked of the policy store and the
+  // detector.)
+  const bool masking_changed =
+      state_.policies ? !(load.config.masking == *state_.policies->masking()) : load.config.masking.enabled();
+  if (masking_changed) {
+    if (!state_.policies) {
+      log::warn("SIGHUP: masking is not set up in this process; restart pgcloak to apply changes");
+      note_reload("rejected", "masking is not set up in this process");
+      return;
+    }
+    if (auto st = state_.policies->reload_masking(
+            std::make_shared<const rules::MaskingConfig>(load.config.masking));
+        !st) {
+      log::error("SIGHUP: " + st.error().message + "; keeping the running configuration");
+      note_reload("rejected", st.error().message);
+      return;
+    }
   }
-  if (auto st =
-          state_.policies->reload_masking(std::make_shared<const rules::MaskingConfig>(load.config.masking));
-      !st) {
-    log::error("SIGHUP: " + st.error().message + "; keeping the running configuration");
-    note_reload("rejected", st.error().message);
-    return;
+  // Detection rules (thresholds, scopes, actions, `enabled`) apply from each
+  // session's next statement; learned state is kept per rule name, detector
+  // and window (Detector::reload). Where alerts go and where state is kept
+  // are opened once, at start.
+  std::string detection_note;
+  const auto& was = state_.config->detection;  // sinks and state file: as opened at start
+  const auto& now = load.config.detection;
+  if (state_.detector) {
+    state_.detector->reload(std::make_shared<const rules::DetectionConfig>(now));
+    detection_note = now.enabled ? "; detection: " + std::to_string(now.rules.size()) + " rules"
+                                 : "; detection switched off (enabled: false)";
+    if (now.webhook.url != was.webhook.url || now.webhook.slack != was.webhook.slack ||
+        now.webhook.ca_file != was.webhook.ca_file || now.webhook.token != was.webhook.token ||
+        now.syslog.host != was.syslog.host || now.syslog.port != was.syslog.port ||
+        now.state_file != was.state_file || now.save_interval != was.save_interval) {
+      log::warn(
+          "SIGHUP: detection.webhook, detection.syslog, detection.state_file and detection.save_interval "
+          "take effect after a restart; the running process keeps its alert sinks and state file");
+    }
+  } else if (now.enabled) {
+    log::warn("SIGHUP: detection was off when pgcloak started; restart pgcloak to turn it on");
   }
   note_reload("applied", "");
-  log::info("SIGHUP: reloaded " + config_path_ +
-            ": masking rules apply from each session's next statement; other sections take effect after a "
-            "restart");
+  log::info("SIGHUP: reloaded " + config_path_ + ": " +
+            (masking_changed ? "masking rules apply from each session's next statement"
+                             : "masking rules unchanged") +
+            detection_note + "; other sections take effect after a restart");
 }
 
 Server::~Server() {

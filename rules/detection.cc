@@ -530,14 +530,14 @@ void StatementWatch::rearm() {
 // --- Detector ------------------------------------------------------------------------
 
 Detector::Detector(std::shared_ptr<const DetectionConfig> config) : shards_(new Shard[shard_count]) {
-  rules_.store(compile(std::move(config)));
+  reload(std::move(config));
 }
 
 Detector::~Detector() = default;
 
+// Caller holds compile_mu_.
 std::shared_ptr<const DetectorRules> Detector::compile(std::shared_ptr<const DetectionConfig> config) {
   if (config == nullptr) config = std::make_shared<DetectionConfig>();
-  std::lock_guard lock(compile_mu_);
   auto out = std::make_shared<DetectorRules>();
   out->config = config;
   out->zone = config->time_zone != nullptr ? config->time_zone.get() : TimeZone::utc().get();
@@ -567,7 +567,11 @@ std::shared_ptr<const DetectorRules> Detector::compile(std::shared_ptr<const Det
 }
 
 void Detector::reload(std::shared_ptr<const DetectionConfig> config) {
-  rules_.store(compile(std::move(config)));
+  std::lock_guard lock(compile_mu_);  // two reloads store their rules and flag in one order
+  auto compiled = compile(std::move(config));
+  const bool active = compiled->active;
+  rules_.store(std::move(compiled));
+  active_.store(active, std::memory_order_relaxed);
 }
 
 std::shared_ptr<const DetectionConfig> Detector::config() const {

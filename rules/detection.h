@@ -176,6 +176,10 @@ class Detector {
   // window are unchanged (state is keyed by them).
   void reload(std::shared_ptr<const DetectionConfig> config);
   std::shared_ptr<const DetectionConfig> config() const;
+  // False while the rules in force are none (or `enabled: false` since a
+  // reload): the proxy then skips deriving statement facts and keys, so
+  // switched-off detection costs one relaxed load per statement.
+  bool active() const { return active_.load(std::memory_order_relaxed); }
 
   // service_account; also where a blocked user is refused (blocked_until).
   std::vector<Alert> on_connect(const DetectIdentity& who, TimePoint now);
@@ -227,7 +231,7 @@ class Detector {
   Shard& shard_for(std::string_view user) const;
   UserState& user_state(Shard& s, const DetectIdentity& who, int64_t now_ms, const DetectorRules& rules);
   std::shared_ptr<const DetectorRules> compile(
-      std::shared_ptr<const DetectionConfig> config);  // holds compile_mu_
+      std::shared_ptr<const DetectionConfig> config);  // caller holds compile_mu_
   std::shared_ptr<const DetectorRules> rules() const;
   int64_t started(int64_t now_ms);
 
@@ -236,6 +240,7 @@ class Detector {
   // Read by every statement that reads protected data, so no mutex: relay
   // threads only take their user's shard lock.
   std::atomic<std::shared_ptr<const DetectorRules>> rules_;
+  std::atomic<bool> active_{false};
   std::mutex compile_mu_;              // reload() against reload() and load_state()
   std::vector<std::string> slot_ids_;  // slot -> "name/detector/window"; guarded by compile_mu_
   std::atomic<int64_t> started_ms_{0};

@@ -62,6 +62,10 @@ struct MaskSpec {
   // (masking.function_allowlist; the config loader fills it in).
   std::vector<std::string> allowed_functions;
 
+  // A reload compares configurations: an unchanged masking section keeps the
+  // running policies (and their decision caches).
+  bool operator==(const MaskSpec&) const = default;
+
   static MaskSpec of(MaskKind k) {
     MaskSpec s;
     s.kind = k;
@@ -111,6 +115,7 @@ struct MaskKeys {
   bool present = false;
   std::array<uint8_t, 32> hash_key{};
   std::array<uint8_t, 32> pseudonym_key{};
+  bool operator==(const MaskKeys&) const = default;
 };
 inline constexpr size_t min_master_key_length = 32;
 // hash_key = HMAC-SHA256(master, "pgcloak mask hash v1"),

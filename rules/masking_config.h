@@ -39,6 +39,7 @@ std::optional<std::vector<std::string>> parse_qualified_name(std::string_view te
 struct ProtectedColumn {
   QualifiedColumn column;
   std::string category;
+  bool operator==(const ProtectedColumn&) const = default;
 };
 
 struct MaskPolicy {
@@ -47,6 +48,7 @@ struct MaskPolicy {
   MaskSpec default_spec = MaskSpec::of(MaskKind::redact);
   std::map<std::string, MaskSpec> category_rules;
   std::map<QualifiedColumn, MaskSpec> column_rules;
+  bool operator==(const MaskPolicy&) const = default;
 
   // The mask for one protected column: a column rule beats a category rule,
   // which beats the policy's default. A pseudonym without an explicit kind
@@ -63,6 +65,9 @@ struct MaskingConfig {
   std::vector<MaskPolicy> policies;
   MaskPolicy default_policy{"default", {}, MaskSpec::of(MaskKind::redact), {}, {}};
   std::vector<std::string> function_allowlist;  // "schema.function", normalised
+
+  // SIGHUP reloads masking only when this differs (Server::reload_config).
+  bool operator==(const MaskingConfig&) const = default;
 
   bool enabled() const { return !protected_columns.empty(); }
   const ProtectedColumn* find_protected(const QualifiedColumn& column) const;

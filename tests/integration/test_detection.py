@@ -12,6 +12,7 @@ receiver, and the audit trail.
 """
 from __future__ import annotations
 
+import copy
 import http.server
 import json
 import os
@@ -27,7 +28,7 @@ from masking_fixture import MASK_KEY, MASK_KEY_ENV, masking_overrides, wait_for_
 from masking_fixture import connect as _connect
 from shop import SHOP_PASSWORDS
 from syslog_receiver import SyslogReceiver
-from util import wait_for
+from util import reload_config, wait_for, write_config
 
 TOKEN = "detection-test-token-0123456789abcdef"
 TOKEN_ENV = "PGCLOAK_METRICS_TOKEN"
@@ -221,3 +222,49 @@ def test_blocks_survive_a_restart(pgcloak, shop, monkeypatch, tmp_path, webhook)
     with pytest.raises(psycopg.OperationalError) as err:
         psycopg.connect(again.dsn(user="analyst", dbname="shop", password=SHOP_PASSWORDS["analyst"]))
     assert "blocked" in str(err.value)
+
+
+def test_sighup_switches_rules_for_live_sessions(pgcloak, shop, monkeypatch, tmp_path, webhook):
+    """SIGHUP applies new detection rules from each session's next statement:
+    switched off (`enabled: false`), a higher limit, and back; the masking
+    section, unchanged, is not rebuilt; a changed webhook needs a restart."""
+    proxy = detecting_proxy(pgcloak, shop, monkeypatch, tmp_path, webhook, [
+        {"name": "support-bulk-read", "detector": "statement_volume", "roles": ["support_team"],
+         "relations": ["public.customers"], "max_rows": 1000, "action": "cancel"},
+    ])
+    with shop.admin() as c:
+        total = c.execute("SELECT count(*) FROM customers").fetchone()[0]
+    config = copy.deepcopy(proxy.config)
+    with connect(proxy, "support") as c:
+        wait_for_masking(c)
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            c.execute("SELECT * FROM customers")
+
+        config["detection"]["enabled"] = False
+        write_config(proxy, config)
+        reload_config(proxy, "detection switched off")
+        assert len(c.execute("SELECT * FROM customers").fetchall()) == total  # same session
+
+        config["detection"]["enabled"] = True
+        config["detection"]["rules"][0]["max_rows"] = total + 1
+        write_config(proxy, config)
+        reload_config(proxy, "detection: 1 rules")
+        assert len(c.execute("SELECT * FROM customers").fetchall()) == total
+
+        config["detection"]["rules"][0]["max_rows"] = 1000
+        config["detection"]["webhook"]["url"] = webhook.url + "/elsewhere"
+        write_config(proxy, config)
+        reload_config(proxy, "detection: 1 rules")
+        with pytest.raises(psycopg.errors.QueryCanceled) as err:
+            c.execute("SELECT * FROM customers")
+        assert "support-bulk-read" in str(err.value)
+    log = proxy.log()
+    assert log.count("masking rules unchanged") == 3, log
+    assert "masking rules reloaded" not in log
+    assert "detection.webhook, detection.syslog" in log
+    # The alert still went to the webhook the process started with.
+    alerts = wait_for(lambda: len(webhook.received) >= 2 and webhook.received, timeout=15,
+                      what="two alerts at the webhook")
+    assert {a["path"] for a in alerts} == {"/hooks/pgcloak"}
+    records = read_records(str(tmp_path))
+    assert len([r for r in records if r["kind"] == "config_reload" and r["result"] == "applied"]) == 3

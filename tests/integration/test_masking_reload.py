@@ -5,29 +5,11 @@ masked, is caught by the result-row backstop."""
 from __future__ import annotations
 
 import copy
-import os
 import re
-import signal
-import time
-
-import yaml
 
 from masking_fixture import connect, masking_overrides, wait_for_masking
-
-
-def write_config(proxy, config):
-    with open(proxy.config_path, "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
-
-
-def reload(proxy, marker):
-    before = proxy.log().count(marker)
-    os.kill(proxy.pid, signal.SIGHUP)
-    for _ in range(100):
-        if proxy.log().count(marker) > before:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"pgcloak did not log {marker!r} after SIGHUP:\n{proxy.log()}")
+from util import reload_config as reload
+from util import write_config
 
 
 def support_email_rule(config, rule):

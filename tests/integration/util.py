@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import socket
 import subprocess
 import time
@@ -117,3 +118,22 @@ def tail_file(path: str, nbytes: int, what: str) -> str:
             return f.read().decode("utf-8", "replace")
     except OSError as e:
         return f"(no {what} log: {e})"
+
+
+def write_config(proxy, config) -> None:
+    """Replace a running pgcloak's configuration file (then reload_config())."""
+    import yaml
+
+    with open(proxy.config_path, "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+
+
+def reload_config(proxy, marker: str) -> None:
+    """SIGHUP, then wait until pgcloak logs `marker` once more than before."""
+    before = proxy.log().count(marker)
+    os.kill(proxy.pid, signal.SIGHUP)
+    for _ in range(100):
+        if proxy.log().count(marker) > before:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"pgcloak did not log {marker!r} after SIGHUP:\n{proxy.log()}")

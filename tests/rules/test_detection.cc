@@ -589,6 +589,31 @@ detection:
   EXPECT_TRUE(run(d, sam, reads("public.customers", {"email"}, 3), 5000, t + 10min).empty());
 }
 
+// `enabled: false` by reload: inactive (the proxy skips detection), no
+// alerts, and the learned state is still there when the rules come back.
+TEST(DetectionTest, SwitchedOffByReloadAndBack) {
+  Detector d(config(training_rules));
+  EXPECT_TRUE(d.active());
+  train(d);
+  const TimePoint t = monday() + 3 * 24h + 10h;
+  const auto sam = person("sam", "support_team");
+  d.reload(config(std::string(training_rules) + "  enabled: false\n"));
+  EXPECT_FALSE(d.active());
+  EXPECT_TRUE(run(d, sam, reads("public.customers", {"email"}, 3), 5000, t).empty());
+  EXPECT_TRUE(run(d, sam, reads("public.payments", {"card"}, 1), 10, t + 1min).empty());
+  d.reload(config(training_rules));
+  EXPECT_TRUE(d.active());
+  // Baseline kept: the usual read is quiet, a burst is flagged; first
+  // access still knows customers but not payments.
+  EXPECT_TRUE(run(d, sam, reads("public.customers", {"email"}, 1), 25, t + 5min).empty());
+  EXPECT_EQ(rule_names(run(d, sam, reads("public.customers", {"email"}, 3), 5000, t + 7min)),
+            Names{"volume-1m"});
+  EXPECT_EQ(rule_names(run(d, sam, reads("public.payments", {"card"}, 1), 10, t + 9min)), Names{"new-table"});
+  // No rules at all is inactive too.
+  d.reload(config("detection:\n  rules: []\n"));
+  EXPECT_FALSE(d.active());
+}
+
 TEST(DetectionTest, MemoryIsBounded) {
   Detector d(config(R"(
 detection:
