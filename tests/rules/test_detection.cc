@@ -324,6 +324,65 @@ detection:
     EXPECT_TRUE(run(d, app, reads("public.customers", {"email"}, k), 1, t).empty());
 }
 
+// Past 512 keys in a window the count comes from a HyperLogLog sketch
+// (standard error 1.6 %): a limit of 50,000 stays quiet at 46,000 distinct
+// keys (5 sigma below) and fires before 54,000 (5 sigma above); repeats
+// are still one key; a quiet window forgets, and counting starts exact.
+TEST(DetectionTest, SlowDripCountsLargeWalksApproximately) {
+  Detector d(config(R"(
+detection:
+  rules:
+    - {name: drip, detector: slow_drip, roles: [support_team], window: 10m, max_distinct: 50000}
+)"));
+  const auto sam = person("sam", "support_team");
+  const TimePoint t = monday() + 10h;
+  auto lookup = [&](uint64_t key, TimePoint at) {
+    return run(d, sam, reads("public.customers", {"email"}, key * 0x9e3779b97f4a7c15ULL + 12345), 1, at);
+  };
+  // 46,000 keys, each read three times, within two minutes.
+  for (int pass = 0; pass < 3; ++pass) {
+    for (uint64_t k = 0; k < 46000; ++k) {
+      ASSERT_TRUE(lookup(k, t + std::chrono::milliseconds(k + 46000 * pass)).empty()) << k;
+    }
+  }
+  std::vector<Alert> fired;
+  uint64_t k = 46000;
+  for (; k < 54000 && fired.empty(); ++k) fired = lookup(k, t + 3min);
+  ASSERT_EQ(rule_names(fired), Names{"drip"}) << "no alert by 54,000 distinct keys";
+  EXPECT_GT(fired[0].observed, 50000);
+  EXPECT_LT(fired[0].observed, 52000);
+  EXPECT_GT(k, 48000u);
+  Detector small(config(R"(
+detection:
+  rules:
+    - {name: drip, detector: slow_drip, roles: [support_team], window: 10m, max_distinct: 600, cooldown: 1m}
+)"));
+  auto walk = [&](uint64_t from, TimePoint at, uint64_t limit) {
+    std::pair<uint64_t, std::vector<Alert>> out{0, {}};
+    for (uint64_t n = 0; n < limit && out.second.empty(); ++n) {
+      out.first = n + 1;
+      out.second =
+          run(small, sam, reads("public.customers", {"email"}, (from + n) * 0x9e3779b97f4a7c15ULL), 1, at);
+    }
+    return out;
+  };
+  // Exact up to 512 keys, then the sketch: a limit of 600 fires between
+  // 585 and 615 distinct keys.
+  auto [n1, f1] = walk(0, t, 700);
+  ASSERT_EQ(rule_names(f1), Names{"drip"});
+  EXPECT_GE(n1, 585u);
+  EXPECT_LE(n1, 615u);
+  // After a whole window without lookups the first walk is forgotten:
+  // 512 new keys (counted exactly again) do not fire.
+  auto [n2, f2] = walk(5000, t + 30min, 512);
+  EXPECT_TRUE(f2.empty());
+  // ... and the sketch takes over again past that.
+  auto [n3, f3] = walk(6000, t + 30min + 1s, 200);
+  ASSERT_EQ(rule_names(f3), Names{"drip"});
+  EXPECT_GE(512 + n3, 585u);
+  EXPECT_LE(512 + n3, 615u);
+}
+
 TEST(DetectionTest, FirstAccessAfterWarmup) {
   Detector d(config(R"(
 detection:
