@@ -36,6 +36,19 @@
 #                          metrics.enabled false, and with /metrics fetched
 #                          once a second during the run; "pgcloak" itself
 #                          runs the default config (metrics on, not scraped)
+#   BENCH_AB [""]          in-process A/B measurements, after the targets'
+#                          runs: "scrape" (one pgcloak; /metrics fetched once
+#                          a second in "on" blocks, not at all in "off"
+#                          blocks) and/or "detection" (one pgcloak that
+#                          protects pgbench_accounts.abalance, with the
+#                          detection rules of bench/masking_compare.sh; SIGHUP
+#                          switches them between "on" and `enabled: false`).
+#                          One pgbench run per mode, the feature switched
+#                          every BENCH_AB_BLOCK seconds; bench/ab_blocks.py
+#                          compares the blocks. BENCH_TARGETS may be empty
+#   BENCH_AB_SECONDS [240] length of each A/B run
+#   BENCH_AB_BLOCK [5]     seconds per block (the first second of each is not
+#                          counted: the switch settles)
 #   BENCH_AUDIT_DIR        where audit targets write [the work directory];
 #                          put it on the disk you would use in production:
 #                          strict durability is an fsync per group commit
@@ -61,7 +74,10 @@ WARMUP=${BENCH_WARMUP:-5}
 TLS=${BENCH_TLS:-0}
 UPSTREAM=${BENCH_UPSTREAM:-unix}
 read -r -a MODES <<<"${BENCH_MODES:-simple prepared}"
-read -r -a TARGETS <<<"${BENCH_TARGETS:-direct pgcloak pgbouncer}"
+read -r -a TARGETS <<<"${BENCH_TARGETS-direct pgcloak pgbouncer}"
+read -r -a AB_KINDS <<<"${BENCH_AB:-}"
+AB_SECONDS=${BENCH_AB_SECONDS:-240}
+AB_BLOCK=${BENCH_AB_BLOCK:-5}
 PGCLOAK_AUTH=${BENCH_PGCLOAK_AUTH:-scram}
 PGCLOAK_POOL=${BENCH_PGCLOAK_POOL:-1}
 PGCLOAK_THREADS=${BENCH_PGCLOAK_THREADS:-0}
@@ -75,7 +91,7 @@ BENCH_PASSWORD=bench-pw
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
 
-for v in DURATION ROUNDS SCALE CLIENTS JOBS WARMUP PGCLOAK_THREADS; do
+for v in DURATION ROUNDS SCALE CLIENTS JOBS WARMUP PGCLOAK_THREADS AB_SECONDS AB_BLOCK; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v=${!v} must be a non-negative integer"
 done
 ((DURATION > 0 && ROUNDS > 0 && SCALE > 0 && CLIENTS > 0 && JOBS > 0)) ||
@@ -93,6 +109,12 @@ for t in "${TARGETS[@]}"; do
     $t == audit-strict ||
     $t == metrics-off || $t == metrics-scraped ]] || die "unknown target $t"
 done
+for k in "${AB_KINDS[@]}"; do
+  [[ $k == scrape || $k == detection ]] || die "unknown BENCH_AB measurement $k (scrape, detection)"
+done
+((${#TARGETS[@]} > 0 || ${#AB_KINDS[@]} > 0)) || die "BENCH_TARGETS is empty and BENCH_AB is not set: nothing to measure"
+((AB_BLOCK >= 3 && AB_SECONDS >= 6 * AB_BLOCK)) ||
+  die "BENCH_AB_BLOCK must be at least 3 and BENCH_AB_SECONDS at least 6 blocks"
 for tool in pgbench psql pgbouncer openssl python3 setpriv curl; do
   command -v "$tool" >/dev/null || die "$tool not found; run deploy/install-deps.sh"
 done
@@ -213,10 +235,14 @@ METRICS_SCRAPED_PORT=$(next_port)
 taken+="$METRICS_SCRAPED_PORT "
 NOPOOL_PORT=$(next_port)
 taken+="$NOPOOL_PORT "
+AB_SCRAPE_PORT=$(next_port)
+taken+="$AB_SCRAPE_PORT "
+AB_DETECTION_PORT=$(next_port)
+taken+="$AB_DETECTION_PORT "
 # Every pgcloak serves metrics on its own port (the default 9930 would be
 # shared by all of them).
 declare -A METRICS_PORT
-for t in pgcloak pgcloak-nopool audit-batched audit-strict metrics-scraped; do
+for t in pgcloak pgcloak-nopool audit-batched audit-strict metrics-scraped ab-scrape ab-detection; do
   METRICS_PORT[$t]=$(next_port)
   taken+="${METRICS_PORT[$t]} "
 done
@@ -275,7 +301,9 @@ fi
 # metrics-off.
 start_pgcloak() {
   local name=$1 port=$2 durability=${3:-}
-  local tls_cert="" tls_key="" conf=$WORK/$name.yaml pool=false
+  local tls_cert="" tls_key="" conf=$WORK/$name.yaml pool=false level=warn
+  # The detection A/B counts pgcloak's reload messages (info).
+  [[ $name == ab-detection ]] && level=info
   [[ $PGCLOAK_POOL == 1 && $name != pgcloak-nopool ]] && pool=true
   if ((TLS)); then tls_cert=$TLS_DIR/server.crt; tls_key=$TLS_DIR/server.key; fi
   cat >"$conf" <<EOF
@@ -304,11 +332,13 @@ timeouts:
   client_idle: 0s
   shutdown_grace: 5s
 log:
-  level: warn
+  level: $level
 EOF
   if [[ $PGCLOAK_AUTH == scram ]]; then
-    printf 'catalog:\n  user: %s\n  password: %s\n' "$LOOKUP_USER" "$LOOKUP_PASSWORD" >>"$conf"
+    printf 'catalog:\n  user: %s\n  password: %s\n  dbname: %s\n' "$LOOKUP_USER" "$LOOKUP_PASSWORD" \
+      "$BENCH_DB" >>"$conf"
   fi
+  if [[ $name == ab-detection ]]; then detection_config >>"$conf"; fi
   if [[ $name == metrics-off ]]; then
     printf 'metrics:\n  enabled: false\n' >>"$conf"
   else
@@ -333,6 +363,51 @@ EOF
   PROXY_PID[$name]=$!
   pgc_wait_tcp 127.0.0.1 "$port" 15 ||
     die_with_log "$WORK/$name.log" "pgcloak ($name) did not listen on $port within 15s"
+}
+
+# The detection A/B's pgcloak: pgbench_accounts.abalance is protected data
+# (the bench login sees it unmasked), so every `pgbench -S` statement reads
+# protected data and goes through every detector. The rules are those of
+# bench/masking_compare.sh's pgcloak-detect, scoped to the bench login, with
+# limits its own traffic never reaches: window_volume and first_access only
+# learn (warm-up 1 day), off_hours allows the whole week, slow_drip's limit
+# is above the number of distinct keys a run can make (one per account and
+# protocol), probing sees no denials, and service_account watches another
+# login. The file the process starts with has detection on; the A/B
+# switches `enabled`.
+detection_config() {
+  local drip_max=$((2 * 100000 * SCALE + 1000))
+  cat <<EOF
+masking:
+  categories: [account_balance]
+  protected_columns:
+    - {column: public.pgbench_accounts.abalance, category: account_balance}
+  policies:
+    - {name: bench, roles: [$BENCH_USER], default: allow}
+detection:
+  enabled: true
+  state_file: "$WORK/ab-detection-state.json"
+  save_interval: 60s
+  time_zone: UTC
+  rules:
+    - {name: bulk, detector: statement_volume, roles: [$BENCH_USER], max_rows: 1000, action: cancel}
+    - {name: volume-1m, detector: window_volume, window: 1m, sensitivity: 6, floor_rows: 2000, warmup: 1d}
+    - {name: drip, detector: slow_drip, window: 10m, max_distinct: $drip_max}
+    - {name: new-table, detector: first_access, warmup: 1d}
+    - name: night
+      detector: off_hours
+      roles: [$BENCH_USER]
+      cooldown: 1h
+      allowed:
+        - {days: [mon, tue, wed, thu, fri, sat, sun], from: "00:00", to: "24:00"}
+    - {name: export, detector: bulk_export, copy_to: true, full_scan: true, min_rows: 1000}
+    - {name: probe, detector: probing, roles: [$BENCH_USER], window: 5m, max_denials: 5, max_predicates: 30}
+    - name: app-misuse
+      detector: service_account
+      roles: [$LOOKUP_USER]
+      clients: [10.0.1.0/24]
+      application_names: [shop-web]
+EOF
 }
 
 # --- PgBouncer ---------------------------------------------------------------
@@ -393,18 +468,18 @@ target_port() {
     audit-strict) echo "$AUDIT_STRICT_PORT" ;;
     metrics-off) echo "$METRICS_OFF_PORT" ;;
     metrics-scraped) echo "$METRICS_SCRAPED_PORT" ;;
+    ab-scrape) echo "$AB_SCRAPE_PORT" ;;
+    ab-detection) echo "$AB_DETECTION_PORT" ;;
   esac
 }
 
 # What Prometheus does to a target, once a second for as long as the
-# benchmark runs: fetch the whole exposition (and check it is one).
+# benchmark runs: fetch the whole exposition over a kept-alive connection
+# and check it is one (bench/scraper.py). With FLAG, only while that file
+# exists (the scrape A/B). Its count of scrapes goes to LOG when it stops.
 start_scraper() {
-  local url=$1
-  (
-    while sleep 1; do
-      curl -sf --max-time 5 "$url" | grep -c '^pgcloak_build_info' >/dev/null || echo "[bench] scrape of $url failed" >&2
-    done
-  ) &
+  local url=$1 flag=${2:-} out=${3:-/dev/stderr}
+  python3 "$ROOT/bench/scraper.py" "$url" ${flag:+"$flag"} 2>"$out" &
   SCRAPER_PIDS+=($!)
 }
 
@@ -430,6 +505,37 @@ for t in "${TARGETS[@]}"; do
     die "a test query through $t failed: $out"
 done
 
+for k in "${AB_KINDS[@]}"; do
+  case $k in
+    scrape)
+      start_pgcloak ab-scrape "$AB_SCRAPE_PORT"
+      start_scraper "http://127.0.0.1:${METRICS_PORT[ab-scrape]}/metrics" "$WORK/ab-scrape.flag" \
+        "$WORK/ab-scraper.log"
+      AB_SCRAPER_PID=$!
+      ;;
+    detection)
+      [[ $PGCLOAK_AUTH == scram ]] || die "BENCH_AB=detection needs BENCH_PGCLOAK_AUTH=scram (masking loads the catalog)"
+      start_pgcloak ab-detection "$AB_DETECTION_PORT"
+      cp "$WORK/ab-detection.yaml" "$WORK/ab-detection.on.yaml"
+      sed 's/^  enabled: true$/  enabled: false/' "$WORK/ab-detection.yaml" >"$WORK/ab-detection.off.yaml"
+      grep -q '^  enabled: false$' "$WORK/ab-detection.off.yaml" || die "cannot write the detection-off configuration"
+      "$PGCLOAK_BIN" --check-config "$WORK/ab-detection.off.yaml" >/dev/null 2>&1 ||
+        die "pgcloak rejects the detection-off configuration"
+      # Masking must be in force before measuring (the catalog loads in the
+      # background): the protected column read unmasked, as policy bench says.
+      for ((i = 0; i < 100; i++)); do
+        grep -q 'masking catalog generation .*(1 protected)' "$WORK/ab-detection.log" && break
+        sleep 0.1
+      done
+      grep -q 'masking catalog generation .*(1 protected)' "$WORK/ab-detection.log" ||
+        die_with_log "$WORK/ab-detection.log" "ab-detection did not load its masking catalog (with pgbench_accounts protected) within 10s"
+      ;;
+  esac
+  out=$(timeout --foreground 30 psql -X -At -h 127.0.0.1 -p "$(target_port "ab-$k")" -U "$BENCH_USER" \
+    -d "$BENCH_DB" -c "SELECT abalance FROM pgbench_accounts WHERE aid = 1" 2>&1) && [[ $out == 0 ]] ||
+    die "a test query through ab-$k failed: $out"
+done
+
 # --- runs --------------------------------------------------------------------
 
 CORES=$(nproc)
@@ -445,6 +551,7 @@ pgbench -S (read-only, scale $SCALE): $CLIENTS clients, $JOBS threads, ${DURATIO
 client TLS: $( ((TLS)) && echo "on (sslmode=require) for every target" || echo off); pgcloak/PgBouncer -> PostgreSQL over $UPSTREAM$( [[ $UPSTREAM == unix ]] && echo " socket" || echo " 127.0.0.1"), plaintext
 PostgreSQL $PG_VERSION, PgBouncer $BOUNCER_VERSION (session mode, auth_type scram-sha-256), pgcloak ${PGCLOAK_VERSION:-?} ($BUILD_TYPE, threads=$PGCLOAK_THREADS, auth.mode $PGCLOAK_AUTH, upstream.pool $( ((PGCLOAK_POOL)) && echo on || echo off))
 host: $CORES cores ($CPU_MODEL), load average $LOADAVG before the runs
+$( ((${#AB_KINDS[@]} > 0)) && echo "in-process A/B: ${AB_KINDS[*]}; ${AB_SECONDS}s per mode, the feature switched every ${AB_BLOCK}s")
 NOTE: pgbench, PostgreSQL and the proxy all share these $CORES cores. pgbench
 itself burns much of the CPU, and a proxy adds a process that competes with
 PostgreSQL for it, so the ratios are a pessimistic bound for a deployment
@@ -539,6 +646,111 @@ for ((round = 1; round <= ROUNDS; round++)); do
   done
 done
 
+# --- in-process A/B (BENCH_AB) -------------------------------------------------
+#
+# One pgbench run per mode against one pgcloak, the feature switched every
+# AB_BLOCK seconds: same clients, same backends, same process, so the only
+# difference between the blocks is the feature (bench/ab_blocks.py).
+
+AB_TSV=$WORK/ab.tsv # kind mode json
+: >"$AB_TSV"
+
+# ab_set KIND on|off: switch the feature.
+ab_set() {
+  case $1 in
+    scrape)
+      if [[ $2 == on ]]; then : >"$WORK/ab-scrape.flag"; else rm -f "$WORK/ab-scrape.flag"; fi
+      ;;
+    detection)
+      # Replace the file atomically, then SIGHUP (Server::reload_config).
+      cp "$WORK/ab-detection.$2.yaml" "$WORK/ab-detection.yaml.tmp"
+      mv -f "$WORK/ab-detection.yaml.tmp" "$WORK/ab-detection.yaml"
+      kill -HUP "${PROXY_PID[ab-detection]}"
+      ;;
+  esac
+}
+
+# CPU time the whole machine has been busy (every core, every process:
+# /proc/stat's first line less idle and iowait), in clock ticks.
+machine_busy_ticks() { awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+
+# ab_toggler KIND LOG BLOCKS: off, on, off, ... one block each; a line per
+# block start with the time, the proxy's CPU ticks and the machine's busy
+# ticks, and an end line.
+ab_toggler() {
+  local kind=$1 out=$2 blocks=$3 k state t0 next
+  local pid=${PROXY_PID[ab-$kind]}
+  t0=$EPOCHREALTIME
+  for ((k = 0; k < blocks; k++)); do
+    state=off
+    ((k % 2)) && state=on
+    ab_set "$kind" "$state"
+    printf '%s %s %s %s\n' "$EPOCHREALTIME" "$state" "$(cpu_ticks "$pid")" "$(machine_busy_ticks)" >>"$out"
+    next=$(awk -v t0="$t0" -v k="$k" -v b="$AB_BLOCK" -v now="$EPOCHREALTIME" \
+      'BEGIN {d = t0 + (k + 1) * b - now; printf "%.3f", (d > 0 ? d : 0)}')
+    sleep "$next"
+  done
+  printf '%s end %s %s\n' "$EPOCHREALTIME" "$(cpu_ticks "$pid")" "$(machine_busy_ticks)" >>"$out"
+}
+
+if ((${#AB_KINDS[@]} > 0)); then
+  AB_BLOCKS=$((AB_SECONDS / AB_BLOCK))
+  for kind in "${AB_KINDS[@]}"; do
+    for mode in "${MODES[@]}"; do
+      log "A/B $kind, $mode: ${AB_BLOCKS} blocks of ${AB_BLOCK}s (off, on, off, ...)"
+      run_log=$WORK/ab-$kind-$mode.log
+      toggle_log=$WORK/ab-$kind-$mode.toggles
+      : >"$toggle_log"
+      ab_set "$kind" off
+      # 3 s of lead: every client connected and warm before the first block.
+      timeout $((AB_SECONDS + 60)) pgbench -n -S -M "$mode" -c "$CLIENTS" -j "$JOBS" -T $((AB_SECONDS + 5)) \
+        -P 1 --progress-timestamp -h 127.0.0.1 -p "$(target_port "ab-$kind")" -U "$BENCH_USER" "$BENCH_DB" \
+        >"$run_log" 2>&1 &
+      PGBENCH_PID=$!
+      sleep 3
+      ab_toggler "$kind" "$toggle_log" "$AB_BLOCKS"
+      rc=0
+      wait "$PGBENCH_PID" || rc=$?
+      PGBENCH_PID=""
+      ab_set "$kind" on
+      failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$run_log" | tail -n 1)
+      if ((rc != 0)) || [[ -n $failed && $failed != 0 ]]; then
+        ANY_FAILED=1
+        log "A/B run failed: $kind $mode; pgbench said:"
+        grep -v '^progress:' "$run_log" | tail -n 15 >&2
+        continue
+      fi
+      json=$(python3 "$ROOT/bench/ab_blocks.py" "$run_log" "$toggle_log" 1 "$CLK_TCK") || {
+        ANY_FAILED=1
+        log "A/B $kind $mode: no usable blocks in $run_log"
+        continue
+      }
+      printf '%s\t%s\t%s\n' "$kind" "$mode" "$json" >>"$AB_TSV"
+    done
+  done
+  # The scraper really scraped: about one scrape per second of "on" blocks.
+  if [[ -n ${AB_SCRAPER_PID:-} ]]; then
+    stop_pid "$AB_SCRAPER_PID" scraper
+    AB_SCRAPES=$(sed -n 's/.*: \([0-9]*\) scrapes, \([0-9]*\) failed$/\1 scrapes, \2 failed/p' "$WORK/ab-scraper.log")
+    log "A/B scrape: the scraper made ${AB_SCRAPES:-no report} (about $((${#MODES[@]} * AB_BLOCKS / 2 * AB_BLOCK)) seconds switched on)"
+    grep -q ' 0 failed$' "$WORK/ab-scraper.log" || { ANY_FAILED=1; tail -n 5 "$WORK/ab-scraper.log" >&2; }
+  fi
+  # The detection switch must really have happened every time: pgcloak logs
+  # each reload it applied (info).
+  if [[ " ${AB_KINDS[*]} " == *" detection "* ]]; then
+    offs=$(grep -c 'detection switched off' "$WORK/ab-detection.log" || true)
+    ons=$(grep -c 'detection: [0-9]* rules' "$WORK/ab-detection.log" || true)
+    rejected=$(grep -c 'keeping the running configuration\|SIGHUP: detection was off' "$WORK/ab-detection.log" || true)
+    want=$((${#MODES[@]} * (AB_BLOCKS + 1) / 2))
+    if ((offs < want || ons < want - ${#MODES[@]} || rejected > 0)); then
+      ANY_FAILED=1
+      log "detection A/B: pgcloak applied $offs switches off and $ons on (expected about $want each, $rejected rejected); see $WORK/ab-detection.log"
+    fi
+    AB_ALERTS=$(grep -c 'alert:' "$WORK/ab-detection.log" || true)
+    ((AB_ALERTS == 0)) || log "detection A/B: pgcloak raised $AB_ALERTS alerts (expected none; the limits are above the benchmark's traffic)"
+  fi
+fi
+
 # --- report ------------------------------------------------------------------
 
 median() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) print 0; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
@@ -591,6 +803,35 @@ if grep -q $'\tmetrics-off\t' "$SUMMARY_TSV"; then
   done <"$SUMMARY_TSV"
 fi
 
+# In-process A/B: the feature on vs off in alternating blocks of one run.
+if [[ -s $AB_TSV ]]; then
+  echo
+  echo "In-process A/B (one pgbench run per line, the feature switched every ${AB_BLOCK}s; ratio = on/off):"
+  while IFS=$'\t' read -r kind mode json; do
+    python3 - "$kind" "$mode" "$json" <<'PY'
+import json, sys
+kind, mode, r = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+what = {"scrape": "/metrics scraped once a second",
+        "detection": "detection rules on (8 rules, every statement reads protected data)"}[kind]
+goal = 0.98
+
+def series(name, point, p):
+    ci = p.get("mean_ci95")
+    verdict = "met" if point is not None and point >= goal else "not met"
+    return (f"          {name}: {point} (goal >= {goal}: {verdict}); paired blocks n={p.get('n')}, "
+            f"median {p.get('median')}, mean {p.get('mean')}" + (f", 95% interval {ci[0]}-{ci[1]}" if ci else ""))
+
+print(f"{mode:<9} {kind:<10} {what}")
+print(f"          tps on {r['on']['mean_tps']} / off {r['off']['mean_tps']}")
+print(series("throughput ratio on/off", r.get("ratio"), r["paired"]))
+print(series("capacity ratio (machine CPU/tx off/on)", r.get("capacity_ratio"), r["paired_capacity"]))
+print(f"          CPU us/tx on/off: pgcloak {r['on']['proxy_cpu_us_per_tx']}/{r['off']['proxy_cpu_us_per_tx']}, "
+      f"machine {r['on']['machine_cpu_us_per_tx']}/{r['off']['machine_cpu_us_per_tx']} "
+      f"(cores busy {r['on']['machine_busy']}/{r['off']['machine_busy']})")
+PY
+  done <"$AB_TSV"
+fi
+
 mkdir -p "$(dirname "$RESULTS_FILE")"
 json_str() { python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1"; }
 {
@@ -610,7 +851,10 @@ json_str() { python3 -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1";
   printf '  ],\n'
   printf '  "summary": [\n'
   awk -F'\t' '{printf "%s    {\"mode\": \"%s\", \"target\": \"%s\", \"tps_median\": %s, \"latency_ms_median\": %s, \"ratio_to_direct\": %s, \"proxy_cpu_us_per_tx\": %s, \"postgres_cpu_us_per_tx\": %s}", (NR > 1 ? ",\n" : ""), $1, $2, $3, $4, $5, ($6 == "" ? "null" : $6), ($7 == "" ? "null" : $7)} END {print ""}' "$SUMMARY_TSV"
-  printf '  ]\n'
+  printf '  ],\n'
+  printf '  "ab": {"seconds": %s, "block_seconds": %s, "runs": [\n' "$AB_SECONDS" "$AB_BLOCK"
+  awk -F'\t' '{printf "%s    {\"kind\": \"%s\", \"mode\": \"%s\", \"result\": %s}", (NR > 1 ? ",\n" : ""), $1, $2, $3} END {print ""}' "$AB_TSV"
+  printf '  ]}\n'
   printf '}\n'
 } >"$RESULTS_FILE"
 python3 -m json.tool "$RESULTS_FILE" >/dev/null || die "wrote invalid JSON to $RESULTS_FILE"
