@@ -307,6 +307,12 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   uint64_t audit_last_seq_ = 0;  // last record this session submitted
   std::unordered_map<std::string, AuditSource> audit_statements_;
   std::unordered_map<std::string, AuditSource> audit_portals_;
+  // Exfiltration detection: the facts of each open cursor's query, by cursor
+  // name, so its FETCHes are charged to what it reads. A cursor that ended
+  // with its transaction stays until CLOSE, DISCARD ALL or the bound pushes
+  // it out; a FETCH from it fails in PostgreSQL and returns nothing.
+  std::unordered_map<std::string, rules::StatementFacts> cursor_facts_;
+  static constexpr size_t max_cursor_facts = 256;
   uint64_t audit_statement_count_ = 0;
   uint64_t audit_rows_ = 0;
   uint64_t audit_bytes_ = 0;
@@ -1176,14 +1182,36 @@ uint64_t RelayConnection::masked_values(const rules::StatementAudit& profile, ui
 void RelayConnection::detect_start(AuditPending& p, bool can_refuse) {
   rules::Detector* det = observe_.detector;
   // Inactive (every rule switched off by a reload): no facts, no call.
-  if (det == nullptr || !det->active() || !p.profile || p.profile->parse_error ||
-      p.profile->protected_refs.empty())
+  if (det == nullptr || !det->active() || !p.profile || p.profile->parse_error) return;
+  using Op = rules::StatementAudit::CursorOp;
+  const rules::StatementAudit& a = *p.profile;
+  if (a.cursor_op == Op::close) {
+    if (a.cursor_name.empty()) {
+      cursor_facts_.clear();
+    } else {
+      cursor_facts_.erase(a.cursor_name);
+    }
     return;
-  auto protection = observe_.protection ? observe_.protection() : nullptr;
-  if (!protection) return;
-  const rules::StatementFacts& facts = loop_.facts_.get(p.profile, protection, policy_.policy.get());
-  if (facts.reads.empty()) return;
-  p.facts = facts;
+  }
+  const rules::StatementFacts* facts = nullptr;
+  if (a.cursor_op == Op::fetch) {
+    // FETCH names no relation: its rows are the DECLARE's query's.
+    auto it = cursor_facts_.find(a.cursor_name);
+    if (it == cursor_facts_.end()) return;
+    facts = &it->second;
+  } else {
+    if (a.protected_refs.empty()) return;
+    auto protection = observe_.protection ? observe_.protection() : nullptr;
+    if (!protection) return;
+    facts = &loop_.facts_.get(p.profile, protection, policy_.policy.get());
+    if (facts->reads.empty()) return;
+    if (a.cursor_op == Op::declare) {
+      if (cursor_facts_.size() >= max_cursor_facts && !cursor_facts_.contains(a.cursor_name))
+        cursor_facts_.erase(cursor_facts_.begin());
+      cursor_facts_[a.cursor_name] = *facts;
+    }
+  }
+  p.facts = *facts;
   p.facts.key = p.key;
   p.detecting = true;
   std::vector<rules::Alert> alerts;

@@ -536,7 +536,11 @@ StatementFacts statement_facts(const StatementAudit& audit, const Protection& pr
   f.statement_class = audit.audit_class;
   f.shape = fingerprint_value(audit.fingerprint);
   if (audit.parse_error || audit.protected_refs.empty()) return f;
-  if (audit.audit_class != AuditClass::read && audit.audit_class != AuditClass::write) return f;
+  // DECLARE CURSOR is MISC to pgAudit, but its query's rows come back
+  // through FETCH: it reads what its query reads.
+  if (audit.audit_class != AuditClass::read && audit.audit_class != AuditClass::write &&
+      audit.cursor_op != StatementAudit::CursorOp::declare)
+    return f;
   if (audit.copy && audit.copy->from) return f;
   f.copy_to = audit.copy.has_value();
   // Per configured table: its categories, and whether any relation that

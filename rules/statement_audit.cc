@@ -1270,6 +1270,28 @@ StatementAudit analyse(std::string_view sql, const ParsedText& parsed, unsigned 
     }
     a.copy = std::move(copy);
   }
+  auto name = [](const char* n) { return n == nullptr ? std::string() : std::string(n); };
+  switch (node->node_case) {
+    case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
+      a.cursor_op = StatementAudit::CursorOp::declare;
+      a.cursor_name = name(node->declare_cursor_stmt->portalname);
+      break;
+    case PG_QUERY__NODE__NODE_FETCH_STMT:
+      if (!node->fetch_stmt->ismove) {
+        a.cursor_op = StatementAudit::CursorOp::fetch;
+        a.cursor_name = name(node->fetch_stmt->portalname);
+      }
+      break;
+    case PG_QUERY__NODE__NODE_CLOSE_PORTAL_STMT:
+      a.cursor_op = StatementAudit::CursorOp::close;
+      a.cursor_name = name(node->close_portal_stmt->portalname);
+      break;
+    case PG_QUERY__NODE__NODE_DISCARD_STMT:
+      if (node->discard_stmt->target == PG_QUERY__DISCARD_MODE__DISCARD_ALL)
+        a.cursor_op = StatementAudit::CursorOp::close;
+      break;
+    default: break;
+  }
   return a;
 }
 
@@ -1292,7 +1314,7 @@ std::string_view audit_class_name(AuditClass c) {
 }
 
 size_t StatementAudit::bytes() const {
-  size_t n = sizeof(*this) + fingerprint.size() + normalized.size() + command.size();
+  size_t n = sizeof(*this) + fingerprint.size() + normalized.size() + command.size() + cursor_name.size();
   for (const auto& r : relations) n += sizeof(std::string) + r.size();
   for (const auto& c : protected_columns) n += sizeof(std::string) + c.size();
   for (const auto& r : protected_relations) n += sizeof(std::string) + r.size();

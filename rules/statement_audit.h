@@ -80,6 +80,13 @@ struct StatementAudit {
   std::vector<std::string> predicate_columns;
   std::vector<std::pair<uint32_t, uint32_t>> predicate_refs;
   std::optional<CopyAudit> copy;
+  // Cursors. A FETCH returns rows of the query its DECLARE named, and
+  // names no relation itself: exfiltration detection charges its rows to the
+  // DECLARE's reads (docs/detection.md, "Cursors"). MOVE returns no rows and
+  // is not a fetch. close with an empty name: CLOSE ALL or DISCARD ALL.
+  enum class CursorOp : uint8_t { none, declare, fetch, close };
+  CursorOp cursor_op = CursorOp::none;
+  std::string cursor_name;  // as PostgreSQL resolves it (unquoted names folded)
   // The statement's bytes within the analysed text, for callers that seal
   // the original. length npos = to the end of the text (the last or only
   // statement, or a text that could not be split).

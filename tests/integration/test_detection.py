@@ -268,3 +268,39 @@ def test_sighup_switches_rules_for_live_sessions(pgcloak, shop, monkeypatch, tmp
     assert {a["path"] for a in alerts} == {"/hooks/pgcloak"}
     records = read_records(str(tmp_path))
     assert len([r for r in records if r["kind"] == "config_reload" and r["result"] == "applied"]) == 3
+
+
+def test_fetch_from_a_cursor_counts_as_its_query(pgcloak, shop, monkeypatch, tmp_path, webhook):
+    """DECLARE ... CURSOR FOR SELECT * FROM customers, then FETCH: the FETCH
+    names no table, but its rows are customers' rows. They count against
+    the per-statement limit (and every other rule) as the DECLARE's query."""
+    proxy = detecting_proxy(pgcloak, shop, monkeypatch, tmp_path, webhook, [
+        {"name": "support-bulk-read", "detector": "statement_volume", "roles": ["support_team"],
+         "relations": ["public.customers"], "max_rows": 1000, "action": "cancel"},
+    ])
+    with connect(proxy, "support") as c:
+        wait_for_masking(c)
+        c.execute("BEGIN")
+        c.execute("DECLARE dump NO SCROLL CURSOR FOR SELECT * FROM customers")
+        assert len(c.execute("FETCH FORWARD 500 FROM dump").fetchall()) == 500  # under the limit
+        with pytest.raises(psycopg.errors.QueryCanceled) as err:
+            c.execute("FETCH FORWARD 5000 FROM dump")
+        assert "support-bulk-read" in str(err.value)
+        c.execute("ROLLBACK")
+        # A cursor over something unprotected is not charged.
+        c.execute("BEGIN")
+        c.execute('DECLARE "Other" CURSOR FOR SELECT g FROM generate_series(1, 5000) AS g')
+        assert len(c.execute('FETCH ALL FROM "Other"').fetchall()) == 5000
+        c.execute("COMMIT")
+        # psycopg's server-side cursor: DECLARE and FETCH FORWARD through the
+        # extended protocol.
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            with c.transaction():
+                with c.cursor(name="named") as cur:
+                    cur.execute("SELECT email, phone FROM customers")
+                    while cur.fetchmany(2000):
+                        pass
+        assert c.execute("SELECT 1").fetchone() == (1,)
+    alerts = wait_for(lambda: len(webhook.received) >= 2 and webhook.received, timeout=15,
+                      what="two alerts at the webhook")
+    assert {a["body"]["relation"] for a in alerts} == {"public.customers"}

@@ -759,6 +759,13 @@ TEST(DetectionFactsTest, ReadsCategoriesAndShapes) {
   ASSERT_EQ(f.reads.size(), 1U);
   EXPECT_TRUE(f.reads[0].unfiltered);
   EXPECT_TRUE(facts("COPY customers (id, email) FROM STDIN", &support).reads.empty());
+  // A cursor's DECLARE reads what its query reads (its FETCHes are charged
+  // to these facts by the proxy).
+  f = facts("DECLARE c CURSOR FOR SELECT email FROM customers", &support);
+  ASSERT_EQ(f.reads.size(), 1U);
+  EXPECT_EQ(f.reads[0].relation, "public.customers");
+  EXPECT_TRUE(f.reads[0].unfiltered);
+  EXPECT_TRUE(facts("FETCH 100 FROM c", &support).reads.empty());
   // A partition or a view counts for the configured table.
   f = facts("SELECT card_number FROM payments_2025_01", &support);
   ASSERT_EQ(f.reads.size(), 1U);

@@ -563,6 +563,39 @@ TEST_F(StatementAuditTest, Copy) {
   EXPECT_FALSE(audit("SELECT 1").copy.has_value());
 }
 
+// A FETCH names no relation; detection charges its rows to the DECLARE.
+TEST_F(StatementAuditTest, Cursors) {
+  using Op = StatementAudit::CursorOp;
+  auto a = audit("DECLARE Dump NO SCROLL CURSOR WITH HOLD FOR SELECT email FROM customers");
+  EXPECT_EQ(a.cursor_op, Op::declare);
+  EXPECT_EQ(a.cursor_name, "dump");  // unquoted: folded, as PostgreSQL does
+  EXPECT_EQ(a.protected_columns, Strings{"public.customers.email"});
+  EXPECT_EQ(a.unfiltered_relations, Strings{"public.customers"});
+  a = audit("FETCH FORWARD 500 FROM dump");
+  EXPECT_EQ(a.cursor_op, Op::fetch);
+  EXPECT_EQ(a.cursor_name, "dump");
+  EXPECT_TRUE(a.relations.empty());
+  EXPECT_TRUE(a.protected_columns.empty());
+  for (const char* sql : {"FETCH \"MyCur\"", "FETCH ALL IN \"MyCur\"", "FETCH NEXT FROM \"MyCur\"",
+                          "FETCH ABSOLUTE 7 \"MyCur\"", "FETCH BACKWARD ALL FROM \"MyCur\""}) {
+    a = audit(sql);
+    EXPECT_EQ(a.cursor_op, Op::fetch) << sql;
+    EXPECT_EQ(a.cursor_name, "MyCur") << sql;
+  }
+  EXPECT_EQ(audit("MOVE FORWARD 500 IN dump").cursor_op, Op::none);  // returns no rows
+  a = audit("CLOSE dump");
+  EXPECT_EQ(a.cursor_op, Op::close);
+  EXPECT_EQ(a.cursor_name, "dump");
+  a = audit("CLOSE ALL");
+  EXPECT_EQ(a.cursor_op, Op::close);
+  EXPECT_EQ(a.cursor_name, "");
+  a = audit("DISCARD ALL");
+  EXPECT_EQ(a.cursor_op, Op::close);
+  EXPECT_EQ(a.cursor_name, "");
+  EXPECT_EQ(audit("DISCARD PLANS").cursor_op, Op::none);
+  EXPECT_EQ(audit("SELECT 1").cursor_op, Op::none);
+}
+
 TEST_F(StatementAuditTest, DdlAndGrantsNameColumns) {
   EXPECT_EQ(audit("GRANT SELECT (email, id) ON customers TO r1").protected_columns,
             Strings{"public.customers.email"});
