@@ -55,6 +55,9 @@
 #   BENCH_PGCLOAK_THREADS [0]  pgcloak io threads (0 = cores)
 #   BENCH_RESULTS_FILE     JSON output [bench/results/pgbench-<UTC time>.json]
 #   BENCH_KEEP [0]         1 = keep the work directory (logs) after exit
+#   BENCH_HOLD [0]         1 = measure nothing: start the targets, print how
+#                          to reach each (port, pid) and wait until
+#                          interrupted, for profiling with perf or strace
 #   PGCLOAK_BIN            use this binary instead of building build/proxy/pgcloak
 #   BENCH_SKIP_BUILD [0]   1 = do not build; use build/proxy/pgcloak as is
 #
@@ -535,6 +538,18 @@ for k in "${AB_KINDS[@]}"; do
     -d "$BENCH_DB" -c "SELECT abalance FROM pgbench_accounts WHERE aid = 1" 2>&1) && [[ $out == 0 ]] ||
     die "a test query through ab-$k failed: $out"
 done
+
+if [[ ${BENCH_HOLD:-0} == 1 ]]; then
+  export PGPASSWORD
+  log "holding (BENCH_HOLD=1); Ctrl-C or SIGTERM stops and cleans up"
+  for t in "${TARGETS[@]}" "${AB_KINDS[@]/#/ab-}"; do
+    [[ -n $t ]] || continue
+    printf '%-16s port %-6s pid %s\n' "$t" "$(target_port "$t")" "${PROXY_PID[$t]:-postgres}"
+  done
+  printf 'e.g. PGPASSWORD=%s pgbench -S -n -c %s -j %s -T 20 -h 127.0.0.1 -p PORT -U %s %s\n' \
+    "$BENCH_PASSWORD" "$CLIENTS" "$JOBS" "$BENCH_USER" "$BENCH_DB"
+  while :; do sleep 3600 & wait $! || true; done
+fi
 
 # --- runs --------------------------------------------------------------------
 

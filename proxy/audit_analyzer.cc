@@ -137,7 +137,24 @@ std::string AuditAnalyzer::analyze_fragment(const StatementCapture& capture) {
   std::string out;
   {
     std::lock_guard lock(mutex_);
-    audit = cache_.get(sql, capture.index, protection);
+    if (protection.get() != prepared_protection_) {
+      // A reload or catalog refresh: forget the old analyses (and let the
+      // old protection go).
+      prepared_.clear();
+      prepared_protection_ = protection.get();
+    }
+    if (capture.extended && capture.sql != nullptr) {
+      const PreparedKey key{capture.sql.get(), capture.index, protection.get()};
+      if (auto p = prepared_.find(key); p != prepared_.end()) {
+        audit = p->second.audit;
+      } else {
+        audit = cache_.get(sql, capture.index, protection);
+        if (prepared_.size() >= max_prepared) prepared_.clear();
+        prepared_.emplace(key, PreparedEntry{capture.sql, protection, audit});
+      }
+    } else {
+      audit = cache_.get(sql, capture.index, protection);
+    }
     // The fields as JSON text, once per analysis: statements repeat (the
     // cache above), and so does their text.
     auto it = fragments_.find(audit.get());

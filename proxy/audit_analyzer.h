@@ -60,6 +60,31 @@ class AuditAnalyzer {
   std::unordered_map<const rules::StatementAudit*,
                      std::pair<std::shared_ptr<const rules::StatementAudit>, std::string>>
       fragments_;
+  // Prepared statements: every Execute of one carries the same text object
+  // (the Parse's), so its analysis is found by that object's address
+  // without hashing or skeletonising the text again. The entry keeps the
+  // text and the protection alive, so an address cannot be reused for other
+  // text while it is here.
+  struct PreparedKey {
+    const std::string* sql;
+    size_t index;
+    const rules::Protection* protection;
+    bool operator==(const PreparedKey&) const = default;
+  };
+  struct PreparedKeyHash {
+    size_t operator()(const PreparedKey& k) const {
+      return std::hash<const void*>()(k.sql) ^ (k.index * 0x9e3779b97f4a7c15ULL) ^
+             (std::hash<const void*>()(k.protection) << 1);
+    }
+  };
+  struct PreparedEntry {
+    std::shared_ptr<const std::string> sql;
+    std::shared_ptr<const rules::Protection> protection;
+    std::shared_ptr<const rules::StatementAudit> audit;
+  };
+  static constexpr size_t max_prepared = 4096;
+  std::unordered_map<PreparedKey, PreparedEntry, PreparedKeyHash> prepared_;
+  const rules::Protection* prepared_protection_ = nullptr;  // what prepared_ was filled under
 };
 
 // The AuditLog::Analyzer for AuditLog::open().

@@ -1,14 +1,15 @@
 #include "proxy/audit_chain.h"
 
 #include <fcntl.h>
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <charconv>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -56,30 +57,13 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-// HMAC is fetched once: EVP_MAC_fetch walks the provider tables.
-EVP_MAC* hmac_algorithm() {
-  static EVP_MAC* const mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
-  return mac;
-}
-
-Status write_all(int fd, std::string_view data, const std::string& path) {
-  while (!data.empty()) {
-    ssize_t n = ::write(fd, data.data(), data.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Error::make(sqlstate::internal_error, "cannot write " + path + ": " + errno_text(errno));
-    }
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return ok_status();
-}
-
 }  // namespace
 
 AuditKey& AuditKey::operator=(const AuditKey& other) {
   if (this != &other) {
     bytes_ = other.bytes_;
     epoch_ = other.epoch_;
+    hmac_.reset();
   }
   return *this;
 }
@@ -100,6 +84,7 @@ void AuditKey::ratchet() {
   }
   std::memcpy(bytes_.data(), next.data(), bytes_.size());
   OPENSSL_cleanse(next.data(), next.size());
+  hmac_.reset();  // the old key's pads go with it
   ++epoch_;
 }
 
@@ -187,9 +172,12 @@ Status store_audit_key(const std::string& path, const AuditKey& key) {
     return Error::make(sqlstate::internal_error, "cannot create " + tmp + ": " + errno_text(errno));
   }
   std::string text = format_audit_key(key);
-  Status st = ::fchmod(fd, 0600) == 0
-                  ? write_all(fd, text, tmp)
-                  : Error::make(sqlstate::internal_error, "cannot chmod " + tmp + ": " + errno_text(errno));
+  Status st = ok_status();
+  if (::fchmod(fd, 0600) != 0) {
+    st = Error::make(sqlstate::internal_error, "cannot chmod " + tmp + ": " + errno_text(errno));
+  } else if (auto w = write_all(fd, text); !w) {
+    st = Error::make(sqlstate::internal_error, "cannot write " + tmp + ": " + w.error().message);
+  }
   wipe(text);
   if (st && ::fsync(fd) != 0) {
     st = Error::make(sqlstate::internal_error, "cannot fsync " + tmp + ": " + errno_text(errno));
@@ -208,23 +196,20 @@ Status store_audit_key(const std::string& path, const AuditKey& key) {
   return fsync_dir(dir_of(path));
 }
 
-AuditMac audit_mac(const AuditKey& key, const AuditMac& prev, std::string_view canonical) {
+AuditMac AuditKey::mac(const AuditMac& prev, std::string_view canonical) const {
+  if (!hmac_) hmac_ = std::make_unique<rules::HmacSha256>(bytes_);
   AuditMac out{};
-  EVP_MAC_CTX* ctx = EVP_MAC_CTX_new(hmac_algorithm());
-  char digest[] = "SHA256";
-  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
-                         OSSL_PARAM_construct_end()};
-  size_t len = 0;
-  const bool ok =
-      ctx != nullptr && EVP_MAC_init(ctx, key.data(), audit_key_size, params) == 1 &&
-      EVP_MAC_update(ctx, prev.data(), prev.size()) == 1 &&
-      EVP_MAC_update(ctx, reinterpret_cast<const unsigned char*>(canonical.data()), canonical.size()) == 1 &&
-      EVP_MAC_final(ctx, out.data(), &len, out.size()) == 1 && len == out.size();
-  EVP_MAC_CTX_free(ctx);
   // Only memory exhaustion makes HMAC fail; a record with a wrong MAC would
   // be indistinguishable from tampering, so stop rather than write one.
-  if (!ok) std::abort();
+  if (!hmac_->mac({std::string_view(reinterpret_cast<const char*>(prev.data()), prev.size()), canonical},
+                  out)) {
+    std::abort();
+  }
   return out;
+}
+
+AuditMac audit_mac(const AuditKey& key, const AuditMac& prev, std::string_view canonical) {
+  return key.mac(prev, canonical);
 }
 
 std::optional<AuditLineParts> split_audit_line(std::string_view line) {
@@ -333,13 +318,36 @@ std::string format_audit_ts(std::chrono::system_clock::time_point at) {
     frac += 1000000;
     --secs;
   }
-  const auto t = static_cast<std::time_t>(secs);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[64];
-  (void)std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", tm.tm_year + 1900,
-                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(frac));
-  return buf;
+  // Every audit record has a timestamp and most share their second with
+  // the previous one on the same thread: the calendar part (gmtime_r and
+  // snprintf, the costliest step of building a record) is kept per thread.
+  thread_local int64_t cached_secs = INT64_MIN;
+  thread_local std::array<char, 20> cached{};  // "YYYY-MM-DDTHH:MM:SS."
+  if (secs != cached_secs) {
+    const auto t = static_cast<std::time_t>(secs);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[64];
+    (void)std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.", tm.tm_year + 1900, tm.tm_mon + 1,
+                        tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    if (std::strlen(buf) != cached.size()) {
+      // Not the fixed shape (no such year fits system_clock): not cached.
+      (void)std::snprintf(buf + std::strlen(buf), sizeof buf - std::strlen(buf), "%06dZ",
+                          static_cast<int>(frac));
+      return buf;
+    }
+    std::memcpy(cached.data(), buf, cached.size());
+    cached_secs = secs;
+  }
+  std::string out(cached.data(), cached.size());
+  char digits[7] = {};
+  for (int i = 5; i >= 0; --i) {
+    digits[i] = static_cast<char>('0' + frac % 10);
+    frac /= 10;
+  }
+  out.append(digits, 6);
+  out += 'Z';
+  return out;
 }
 
 std::optional<std::chrono::system_clock::time_point> parse_audit_ts(std::string_view text) {
@@ -389,6 +397,17 @@ Status fsync_dir(const std::string& dir) {
   }
   (void)::close(fd);
   return st;
+}
+
+Status write_all(int fd, std::string_view data) {
+  while (!data.empty()) {
+    const ssize_t n = ::write(fd, data.data(), data.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::make(sqlstate::internal_error, errno_text(errno));
+    if (n == 0) return Error::make(sqlstate::internal_error, "write returned 0");
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return ok_status();
 }
 
 std::string errno_text(int err) {

@@ -13,11 +13,13 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 
 #include "protocol/result.h"
+#include "rules/hmac_sha256.h"
 
 namespace pgcloak::proxy {
 
@@ -44,7 +46,7 @@ using AuditMac = std::array<unsigned char, audit_mac_size>;
 class AuditKey {
  public:
   AuditKey() = default;
-  AuditKey(const AuditKey& other) = default;
+  AuditKey(const AuditKey& other) : bytes_(other.bytes_), epoch_(other.epoch_) {}
   AuditKey& operator=(const AuditKey& other);
   ~AuditKey();
 
@@ -61,9 +63,15 @@ class AuditKey {
   static Result<AuditKey> parse(std::string_view text);
   static AuditKey from_bytes(const unsigned char* bytes, uint64_t epoch);
 
+  // HMAC-SHA256 under this key of prev || canonical (audit_mac). Keeps the
+  // key's prepared pads, so a key is used by one thread at a time; a copy
+  // prepares its own, and ratchet() wipes them with the old key.
+  AuditMac mac(const AuditMac& prev, std::string_view canonical) const;
+
  private:
   std::array<unsigned char, audit_key_size> bytes_{};
   uint64_t epoch_ = 0;
+  mutable std::unique_ptr<rules::HmacSha256> hmac_;  // built at the first mac()
 };
 
 // The key file line for `key` (with a trailing newline). Holds key material:
@@ -130,6 +138,8 @@ std::string dir_of(const std::string& path);   // "." for a bare name
 std::string base_of(const std::string& path);  // the last component
 // Makes a rename or a new file in `dir` durable.
 Status fsync_dir(const std::string& dir);
+// Writes all of data (retrying short writes); the error is errno's text.
+Status write_all(int fd, std::string_view data);
 std::string errno_text(int err);
 
 }  // namespace pgcloak::proxy

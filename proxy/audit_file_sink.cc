@@ -4,13 +4,13 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
 
+#include "proxy/audit_compress.h"
 #include "proxy/log.h"
 
 namespace pgcloak::proxy {
@@ -49,17 +49,6 @@ Status pread_all(int fd, uint64_t offset, size_t len, std::string& out, const st
   return ok_status();
 }
 
-Status write_fd(int fd, std::string_view data) {
-  while (!data.empty()) {
-    ssize_t n = ::write(fd, data.data(), data.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::make(sqlstate::internal_error, errno_text(errno));
-    if (n == 0) return Error::make(sqlstate::internal_error, "write returned 0");
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return ok_status();
-}
-
 // Saves bytes cut from the active file, so that recovery never destroys
 // what may be evidence of tampering.
 Result<std::string> save_discarded(const std::string& active, uint64_t after_seq, std::string_view bytes) {
@@ -69,7 +58,7 @@ Result<std::string> save_discarded(const std::string& active, uint64_t after_seq
                                               .count());
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) return io_error("cannot create " + path, errno);
-  Status st = write_fd(fd, bytes);
+  Status st = write_all(fd, bytes);
   if (st && ::fsync(fd) != 0) st = Error::make(sqlstate::internal_error, errno_text(errno));
   (void)::close(fd);
   if (!st) return Error::make(sqlstate::internal_error, "cannot write " + path + ": " + st.error().message);
@@ -93,11 +82,9 @@ std::vector<AuditRotatedFile> list_rotated_audit_files(const std::string& active
     std::string_view name(e->d_name);
     if (name.substr(0, prefix.size()) != prefix) continue;
     std::string_view rest = name.substr(prefix.size());
-    bool compressed = false;
-    if (rest.size() > 3 && rest.substr(rest.size() - 3) == ".gz") {
-      compressed = true;
-      rest.remove_suffix(3);
-    }
+    const std::string_view suffix = compressed_suffix_of(rest);
+    const bool compressed = !suffix.empty();
+    rest.remove_suffix(suffix.size());
     if (!all_digits(rest)) continue;
     uint64_t epoch = 0;
     auto [ptr, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), epoch);
@@ -112,35 +99,16 @@ std::vector<AuditRotatedFile> list_rotated_audit_files(const std::string& active
 }
 
 Result<std::string> read_audit_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return io_error("cannot open " + path, errno);
-  gzFile gz = gzdopen(fd, "rb");
-  if (gz == nullptr) {
-    (void)::close(fd);
-    return Error::make(sqlstate::internal_error, "cannot open " + path + ": out of memory");
-  }
-  (void)gzbuffer(gz, 1U << 17);
+  auto reader = AuditFileReader::open(path);
+  if (!reader) return reader.error();
   std::string out;
   std::string chunk(compress_chunk, '\0');
   for (;;) {
-    int n = gzread(gz, chunk.data(), static_cast<unsigned>(chunk.size()));
-    if (n < 0) {
-      int err = 0;
-      std::string msg = gzerror(gz, &err);
-      (void)gzclose(gz);
-      return Error::make(sqlstate::internal_error,
-                         "cannot read " + path + ": " + (err == Z_ERRNO ? errno_text(errno) : msg));
-    }
-    if (n == 0) break;
-    out.append(chunk.data(), static_cast<size_t>(n));
+    auto n = (*reader)->read(chunk.data(), chunk.size());
+    if (!n) return n.error();
+    if (*n == 0) return out;
+    out.append(chunk.data(), *n);
   }
-  // A gzip stream cut short reads as a clean end of file plus a pending
-  // error; gzclose_r reports it.
-  if (int rc = gzclose_r(gz); rc != Z_OK) {
-    return Error::make(sqlstate::internal_error,
-                       "cannot read " + path + ": the compressed data is truncated or corrupt");
-  }
-  return out;
 }
 
 Result<AuditTail> recover_audit_tail(const std::string& active_path, const AuditKey& key) {
@@ -335,7 +303,7 @@ struct AuditFileSink::Compression {
   std::string dst;
   int in_fd = -1;
   int out_fd = -1;
-  gzFile gz = nullptr;
+  std::unique_ptr<AuditCompressor> compressor;
   struct stat src_stat {};
 };
 
@@ -373,7 +341,7 @@ Status AuditFileSink::write(std::span<const std::string> lines) {
     buf += l;
     buf += '\n';
   }
-  if (auto st = write_fd(fd_, buf); !st) {
+  if (auto st = write_all(fd_, buf); !st) {
     // All or nothing: cut a partial write so a retry cannot leave a torn or
     // doubled record in the middle of the file.
     if (::ftruncate(fd_, static_cast<off_t>(size_)) != 0) damaged_ = true;
@@ -433,7 +401,7 @@ Status AuditFileSink::start_file(uint64_t epoch, uint64_t first_seq,
     // The old file must be complete on disk before it gets its final name.
     if (::fdatasync(fd_) != 0) return io_error("fsync of " + config_.path + " failed", errno);
     const std::string rotated = dir + "/" + rotated_name(epoch_);
-    if (exists(rotated) || exists(rotated + ".gz")) {
+    if (exists(rotated) || exists(rotated + ".gz") || exists(rotated + ".zst")) {
       return Error::make(sqlstate::internal_error,
                          "cannot rotate " + config_.path + ": " + rotated + " already exists");
     }
@@ -442,7 +410,7 @@ Status AuditFileSink::start_file(uint64_t epoch, uint64_t first_seq,
     }
     (void)::close(fd_);
     fd_ = -1;
-    if (config_.compress) to_compress_.push_back(rotated);
+    if (config_.compress != rules::AuditCompression::none) to_compress_.push_back(rotated);
     retention_due_ = true;
     log::info("audit: rotated " + config_.path + " to " + rotated);
   }
@@ -493,7 +461,7 @@ std::optional<std::chrono::system_clock::time_point> AuditFileSink::age_deadline
 
 void AuditFileSink::schedule_housekeeping() {
   retention_due_ = true;
-  if (!config_.compress) return;
+  if (config_.compress == rules::AuditCompression::none) return;
   const std::string dir = dir_of(config_.path);
   const std::string prefix = base_of(config_.path) + ".";
   // Leftovers of a compression that a crash interrupted.
@@ -502,11 +470,14 @@ void AuditFileSink::schedule_housekeeping() {
       std::vector<std::string> stale;
       while (const dirent* e = ::readdir(d)) {
         std::string_view name(e->d_name);
-        if (name.size() > prefix.size() + 7 && name.substr(0, prefix.size()) == prefix &&
-            name.substr(name.size() - 7) == ".gz.tmp" &&
-            all_digits(name.substr(prefix.size(), name.size() - prefix.size() - 7))) {
-          stale.push_back(dir + "/" + std::string(name));
+        if (name.size() <= prefix.size() + 4 || name.substr(0, prefix.size()) != prefix ||
+            name.substr(name.size() - 4) != ".tmp") {
+          continue;
         }
+        std::string_view rest = name.substr(prefix.size(), name.size() - prefix.size() - 4);
+        const std::string_view suffix = compressed_suffix_of(rest);
+        rest.remove_suffix(suffix.size());
+        if (!suffix.empty() && all_digits(rest)) stale.push_back(dir + "/" + std::string(name));
       }
       (void)::closedir(d);
       for (const auto& s : stale) (void)::unlink(s.c_str());
@@ -516,10 +487,11 @@ void AuditFileSink::schedule_housekeeping() {
   for (size_t i = 0; i < files.size(); ++i) {
     const auto& f = files[i];
     if (f.compressed) continue;
-    const bool has_gz = i + 1 < files.size() && files[i + 1].epoch == f.epoch && files[i + 1].compressed;
-    if (has_gz) {
-      // The .gz was renamed into place (complete) but the original not yet
-      // removed when the previous run stopped.
+    const bool has_compressed =
+        i + 1 < files.size() && files[i + 1].epoch == f.epoch && files[i + 1].compressed;
+    if (has_compressed) {
+      // The compressed copy was renamed into place (complete) but the
+      // original not yet removed when the previous run stopped.
       if (::unlink(f.path.c_str()) == 0) log::info("audit: removed " + f.path + ", already compressed");
       continue;
     }
@@ -557,10 +529,8 @@ void AuditFileSink::housekeeping_step() {
     finish_compression();
     return;
   }
-  if (gzwrite(c.gz, buf.data(), static_cast<unsigned>(n)) != static_cast<int>(n)) {
-    int err = 0;
-    std::string msg = gzerror(c.gz, &err);
-    log::warn("audit: cannot compress " + c.src + ": " + (err == Z_ERRNO ? errno_text(errno) : msg) +
+  if (auto st = c.compressor->write({buf.data(), static_cast<size_t>(n)}); !st) {
+    log::warn("audit: cannot compress " + c.src + ": " + st.error().message +
               " (left uncompressed; retried at the next rotation)");
     abandon_compression();
   }
@@ -571,7 +541,7 @@ void AuditFileSink::start_next_compression() {
     auto c = std::make_unique<Compression>();
     c->src = to_compress_.front();
     to_compress_.erase(to_compress_.begin());
-    c->dst = c->src + ".gz";
+    c->dst = c->src + std::string(compressed_suffix(config_.compress));
     c->tmp = c->dst + ".tmp";
     c->in_fd = ::open(c->src.c_str(), O_RDONLY | O_CLOEXEC);
     if (c->in_fd < 0) {
@@ -580,35 +550,42 @@ void AuditFileSink::start_next_compression() {
     }
     (void)::unlink(c->tmp.c_str());
     c->out_fd = ::open(c->tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    int gz_fd = c->out_fd < 0 ? -1 : ::dup(c->out_fd);
-    if (::fstat(c->in_fd, &c->src_stat) != 0 || c->out_fd < 0 || gz_fd < 0 ||
-        ::fchmod(c->out_fd, 0600) != 0 || (c->gz = gzdopen(gz_fd, "wb6")) == nullptr) {
-      log::warn("audit: cannot compress " + c->src + ": cannot create " + c->tmp + ": " + errno_text(errno));
-      if (gz_fd >= 0 && c->gz == nullptr) (void)::close(gz_fd);
-      compression_ = std::move(c);
+    std::string why;
+    if (::fstat(c->in_fd, &c->src_stat) != 0 || c->out_fd < 0 || ::fchmod(c->out_fd, 0600) != 0) {
+      why = errno_text(errno);
+    } else if (auto z = AuditCompressor::open(config_.compress, c->out_fd); !z) {
+      why = z.error().message;
+    } else {
+      c->compressor = std::move(*z);
+    }
+    compression_ = std::move(c);
+    if (!why.empty()) {
+      log::warn("audit: cannot compress " + compression_->src + ": cannot create " + compression_->tmp +
+                ": " + why);
       abandon_compression();
       return;
     }
-    compression_ = std::move(c);
   }
 }
 
 void AuditFileSink::finish_compression() {
   auto& c = *compression_;
-  const int rc = gzclose_w(c.gz);
-  c.gz = nullptr;
+  auto finished = c.compressor->finish();
+  c.compressor.reset();
   // Keep the rotated file's time: retention counts from the rotation, not
   // from when compression finished.
   const timespec times[2] = {c.src_stat.st_atim, c.src_stat.st_mtim};
-  if (rc != Z_OK || ::fsync(c.out_fd) != 0 || ::futimens(c.out_fd, times) != 0 ||
+  if (!finished || ::fsync(c.out_fd) != 0 || ::futimens(c.out_fd, times) != 0 ||
       ::rename(c.tmp.c_str(), c.dst.c_str()) != 0) {
-    log::warn("audit: cannot compress " + c.src + ": cannot finish " + c.dst + ": " + errno_text(errno) +
+    log::warn("audit: cannot compress " + c.src + ": cannot finish " + c.dst + ": " +
+              (finished ? errno_text(errno) : finished.error().message) +
               " (left uncompressed; retried at the next rotation)");
     abandon_compression();
     return;
   }
   const std::string dir = dir_of(c.dst);
-  // The .gz must be durable under its name before the original goes.
+  // The compressed file must be durable under its name before the original
+  // goes.
   if (fsync_dir(dir) && ::unlink(c.src.c_str()) == 0) {
     (void)fsync_dir(dir);
     log::info("audit: compressed " + c.src + " to " + c.dst);
@@ -623,7 +600,7 @@ void AuditFileSink::finish_compression() {
 void AuditFileSink::abandon_compression() {
   if (!compression_) return;
   auto& c = *compression_;
-  if (c.gz != nullptr) (void)gzclose_w(c.gz);
+  c.compressor.reset();
   if (c.in_fd >= 0) (void)::close(c.in_fd);
   if (c.out_fd >= 0) {
     (void)::close(c.out_fd);

@@ -1,7 +1,7 @@
 // The audit file sink (docs/audit.md, "Files, rotation and retention").
 //
 // The active file is `path`; a rotated file is `path.<epoch>` (the epoch of
-// the key that chains it), and `path.<epoch>.gz` once compressed. Epochs
+// the key that chains it), and `path.<epoch>.zst` (or `.gz`) once compressed. Epochs
 // grow by one per file, so names never collide and sort in chain order.
 //
 // Writes are all or nothing: a failed write or fsync truncates the file
@@ -26,23 +26,23 @@ namespace pgcloak::proxy {
 
 // A rotated file found next to the active one.
 struct AuditRotatedFile {
-  std::string path;  // full path as found (with .gz when compressed)
+  std::string path;  // full path as found (with .zst or .gz when compressed)
   uint64_t epoch = 0;
   bool compressed = false;
 };
 // Rotated files of `active_path`, oldest epoch first. When both
-// path.<e> and path.<e>.gz exist (a crash during compression) both are
-// listed, the uncompressed one first.
+// path.<e> and path.<e>.zst (or .gz) exist (a crash during compression)
+// both are listed, the uncompressed one first.
 std::vector<AuditRotatedFile> list_rotated_audit_files(const std::string& active_path);
 
-// The whole content of a file, decompressed when it is gzip (any file:
-// zlib reads plain files as they are).
+// The whole content of a file, decompressed when it is zstd or gzip
+// (AuditFileReader).
 Result<std::string> read_audit_file(const std::string& path);
 
 // Where the previous run's chain ended (AuditLog::open continues it).
 struct AuditTail {
   bool found = false;           // some earlier record exists
-  std::string file;             // logical name of the file holding it (base name, no .gz)
+  std::string file;             // logical name of the file holding it (base name, no .zst/.gz)
   bool in_active = false;       // that file is the active file
   uint64_t file_epoch = 0;      // from that file's header
   uint64_t file_first_seq = 0;  // the header's own seq

@@ -1,10 +1,9 @@
 #include "proxy/audit_verify.h"
 
-#include <zlib.h>
-
 #include <algorithm>
 #include <charconv>
 
+#include "proxy/audit_compress.h"
 #include "proxy/audit_file_sink.h"
 
 namespace pgcloak::proxy {
@@ -16,28 +15,27 @@ using S = AuditLineInfo::Status;
 // A file's first line, read without decompressing the whole file.
 struct FirstLine {
   std::string text;
-  bool complete = false;  // ended with '\n'
-  bool empty = false;     // the file has no bytes at all
+  bool complete = false;   // ended with '\n'
+  bool empty = false;      // the file has no bytes at all
+  bool cut_short = false;  // a compressed stream ended before the first line did
 };
 
 Result<FirstLine> read_first_line(const std::string& path) {
-  gzFile gz = gzopen(path.c_str(), "rb");
-  if (gz == nullptr) {
-    return Error::make(sqlstate::internal_error, "cannot open " + path + ": " + errno_text(errno));
-  }
+  auto reader = AuditFileReader::open(path);
+  if (!reader) return reader.error();
   FirstLine out;
   std::string buf(65536, '\0');
   constexpr size_t max_header = size_t{1} << 20;
   for (;;) {
-    const int n = gzread(gz, buf.data(), static_cast<unsigned>(buf.size()));
-    if (n < 0) {
-      int err = 0;
-      std::string msg = gzerror(gz, &err);
-      (void)gzclose(gz);
-      return Error::make(sqlstate::internal_error, "cannot read " + path + ": " + msg);
+    auto n = (*reader)->read(buf.data(), buf.size());
+    if (!n && (*reader)->cut_short()) {
+      // zstd decodes whole blocks: a cut file may yield nothing at all.
+      out.cut_short = true;
+      break;
     }
-    if (n == 0) break;
-    const std::string_view got(buf.data(), static_cast<size_t>(n));
+    if (!n) return n.error();
+    if (*n == 0) break;
+    const std::string_view got(buf.data(), *n);
     const auto nl = got.find('\n');
     out.text.append(got.substr(0, nl));
     if (nl != std::string_view::npos) {
@@ -46,15 +44,15 @@ Result<FirstLine> read_first_line(const std::string& path) {
     }
     if (out.text.size() > max_header) break;
   }
-  (void)gzclose(gz);
   out.empty = out.text.empty() && !out.complete;
   return out;
 }
 
-// Logical name of a file: its base name without .gz (the name headers use).
+// Logical name of a file: its base name without .zst or .gz (the name
+// headers use).
 std::string logical_name(const std::string& path) {
   std::string b = base_of(path);
-  if (b.size() > 3 && b.substr(b.size() - 3) == ".gz") b.resize(b.size() - 3);
+  b.resize(b.size() - compressed_suffix_of(b).size());
   return b;
 }
 
@@ -108,6 +106,10 @@ bool Verifier::read_headers(const std::vector<std::string>& paths, std::vector<H
   for (const auto& p : paths) {
     auto first = read_first_line(p);
     if (!first) return fail(AuditProblemKind::unreadable_file, p, 0, first.error().message);
+    if (first->cut_short && !first->complete) {
+      return fail(AuditProblemKind::truncated_file, p, 1,
+                  "the compressed stream ends before its first line does: the file was cut short");
+    }
     if (first->empty) {
       return fail(AuditProblemKind::truncated_file, p, 1,
                   "the file is empty (expected an audit_file header)");
@@ -136,7 +138,8 @@ bool Verifier::read_headers(const std::vector<std::string>& paths, std::vector<H
     if (headers[i].info.epoch == headers[i - 1].info.epoch) {
       return fail(AuditProblemKind::duplicate_file, headers[i].path, 1,
                   "has the same epoch (" + std::to_string(headers[i].info.epoch) + ") as " +
-                      headers[i - 1].path + ": give each file once (not both a file and its .gz copy)");
+                      headers[i - 1].path +
+                      ": give each file once (not both a file and its compressed copy)");
     }
   }
   return true;
@@ -373,7 +376,9 @@ AuditVerifyReport verify_audit_files(const std::vector<std::string>& files, cons
   std::vector<std::string> chain_files;
   for (const auto& f : files) {
     const std::string name = base_of(f);
-    if (name.size() > 7 && name.substr(name.size() - 7) == ".gz.tmp") {
+    const std::string_view stem =
+        std::string_view(name).substr(0, name.size() - std::min<size_t>(4, name.size()));
+    if (name.size() > 4 && name.substr(name.size() - 4) == ".tmp" && !compressed_suffix_of(stem).empty()) {
       report.notes.push_back("skipped " + f + ": an unfinished compression (pgcloak removes it)");
     } else if (name.find(".discarded-") != std::string::npos) {
       report.notes.push_back("skipped " + f +

@@ -58,7 +58,7 @@ struct AuditVerifyReport {
 // `initial_key` is the key the chain started with (or any key of an epoch
 // not later than the oldest file's); each file's key is ratcheted from it.
 // Files are ordered by their headers, so any order on the command line
-// works; gzip-compressed files are read transparently.
+// works; zstd- and gzip-compressed files are read transparently.
 AuditVerifyReport verify_audit_files(const std::vector<std::string>& files, const AuditKey& initial_key,
                                      const AuditVerifyOptions& options = {});
 

@@ -1113,7 +1113,16 @@ void parse_audit(Walker& w, const YAML::Node& n, AuditConfig& a, AuditParse& ap)
                               }
                             }},
                            {"compress",
-                            [&](const YAML::Node& x) { w.boolean(x, "audit.file.compress", f.compress); }},
+                            [&](const YAML::Node& x) {
+                              // true (the default format) and false stay valid:
+                              // the key was a boolean when gzip was the only one.
+                              w.enumeration(x, "audit.file.compress", f.compress,
+                                            {{"zstd", AuditCompression::zstd},
+                                             {"gzip", AuditCompression::gzip},
+                                             {"none", AuditCompression::none},
+                                             {"true", AuditCompression::zstd},
+                                             {"false", AuditCompression::none}});
+                            }},
                            {"retention_days",
                             [&](const YAML::Node& x) {
                               w.integer(x, "audit.file.retention_days", f.retention_days, 0, 36500);

@@ -4,7 +4,10 @@
 #include <openssl/hmac.h>
 
 #include <algorithm>
+#include <memory>
 #include <utility>
+
+#include "rules/hmac_sha256.h"
 
 namespace pgcloak::rules {
 
@@ -75,75 +78,26 @@ bool is_datetime_type(const ColumnType& t) {
 
 namespace {
 
-// HMAC() fetches SHA-256 and keys a fresh context on every call, about a
-// microsecond with OpenSSL 3, and result rows need one per value (output
-// masking, the backstop). Each thread keeps, for the last few keys, the
-// SHA-256 states after the key's inner and outer pads (RFC 2104): a value
-// then costs two short digests continued from copies of those states.
+// Result rows need a MAC per value (output masking, the backstop). Each
+// thread keeps the prepared pads (HmacSha256) of the last few keys.
 class HmacStates {
  public:
-  HmacStates() : md_(EVP_MD_fetch(nullptr, "SHA256", nullptr)), work_(EVP_MD_CTX_new()) {}
-  ~HmacStates() {
-    for (auto& k : keys_) {
-      EVP_MD_CTX_free(k.inner);
-      EVP_MD_CTX_free(k.outer);
-    }
-    EVP_MD_CTX_free(work_);
-    EVP_MD_free(md_);
-  }
-  HmacStates(const HmacStates&) = delete;
-  HmacStates& operator=(const HmacStates&) = delete;
-
   bool digest(const std::array<uint8_t, 32>& key, std::string_view data, std::array<uint8_t, 32>& out) {
-    const Prepared* k = prepared(key);
-    if (k == nullptr) return false;
-    std::array<uint8_t, 32> inner{};
-    unsigned int len = 0;
-    return EVP_MD_CTX_copy_ex(work_, k->inner) == 1 &&
-           EVP_DigestUpdate(work_, data.data(), data.size()) == 1 &&
-           EVP_DigestFinal_ex(work_, inner.data(), &len) == 1 && EVP_MD_CTX_copy_ex(work_, k->outer) == 1 &&
-           EVP_DigestUpdate(work_, inner.data(), inner.size()) == 1 &&
-           EVP_DigestFinal_ex(work_, out.data(), &len) == 1;
+    for (auto& k : keys_) {
+      if (k.hmac && k.key == key) return k.hmac->mac({data}, out);
+    }
+    Prepared& k = keys_[next_];
+    next_ = (next_ + 1) % keys_.size();
+    k.key = key;
+    k.hmac = std::make_unique<HmacSha256>(key);
+    return k.hmac->mac({data}, out);
   }
 
  private:
   struct Prepared {
     std::array<uint8_t, 32> key{};
-    EVP_MD_CTX* inner = nullptr;
-    EVP_MD_CTX* outer = nullptr;
+    std::unique_ptr<HmacSha256> hmac;
   };
-
-  const Prepared* prepared(const std::array<uint8_t, 32>& key) {
-    if (md_ == nullptr || work_ == nullptr) return nullptr;
-    for (const auto& k : keys_) {
-      if (k.inner != nullptr && k.key == key) return &k;
-    }
-    Prepared& k = keys_[next_];
-    next_ = (next_ + 1) % keys_.size();
-    if (k.inner == nullptr) k.inner = EVP_MD_CTX_new();
-    if (k.outer == nullptr) k.outer = EVP_MD_CTX_new();
-    k.key = key;
-    std::array<uint8_t, 64> ipad{};
-    std::array<uint8_t, 64> opad{};
-    for (size_t i = 0; i < 64; ++i) {
-      const uint8_t b = i < key.size() ? key[i] : 0;
-      ipad[i] = b ^ 0x36;
-      opad[i] = b ^ 0x5c;
-    }
-    if (k.inner == nullptr || k.outer == nullptr || EVP_DigestInit_ex(k.inner, md_, nullptr) != 1 ||
-        EVP_DigestUpdate(k.inner, ipad.data(), ipad.size()) != 1 ||
-        EVP_DigestInit_ex(k.outer, md_, nullptr) != 1 ||
-        EVP_DigestUpdate(k.outer, opad.data(), opad.size()) != 1) {
-      EVP_MD_CTX_free(k.inner);
-      EVP_MD_CTX_free(k.outer);
-      k.inner = k.outer = nullptr;
-      return nullptr;
-    }
-    return &k;
-  }
-
-  EVP_MD* md_;
-  EVP_MD_CTX* work_;
   std::array<Prepared, 4> keys_{};
   size_t next_ = 0;
 };

@@ -1,6 +1,7 @@
 """Audit trail helpers shared by the audit integration tests: config
-overrides, reading records back (rotated and gzip-compressed files too) and
-running `pgcloak audit verify`."""
+overrides, reading records back (rotated files too, zstd- or
+gzip-compressed, decoded by the zstd command and Python's gzip rather than by
+pgcloak) and running `pgcloak audit verify`."""
 from __future__ import annotations
 
 import glob
@@ -47,6 +48,9 @@ def audit_files(directory: str) -> list[str]:
 
 
 def read_text(path: str) -> str:
+    if path.endswith(".zst"):
+        return subprocess.run(["zstd", "-dc", "--", path], check=True, capture_output=True,
+                              timeout=60).stdout.decode("utf-8")
     if path.endswith(".gz"):
         with gzip.open(path, "rt", encoding="utf-8") as f:
             return f.read()

@@ -11,6 +11,8 @@ What each test shows:
   * strict durability survives SIGKILL: every statement a client saw the
     result of is in the log, and the chain verifies;
   * tampering (edit, delete, swap, truncate) is found at the right line;
+  * rotated files are compressed with zstd (or gzip), readable by the
+    standard tools, and a cut compressed file is reported;
   * a failing sink refuses new statements (fail_closed) or holds them
     (block), and nothing is lost once it recovers.
 """
@@ -272,6 +274,39 @@ def test_verify_finds_tampering(pgcloak, audit_dir, workroot):
     check(swapped, 4)
     whole = open(files[-1], "rb").read()
     check(None, len(lines), raw=whole[: len(whole) - 10])  # torn last record
+
+
+@pytest.mark.parametrize("compress,suffix", [("zstd", ".zst"), ("gzip", ".gz")])
+def test_rotated_files_are_compressed_and_verify(pgcloak, audit_dir, workroot, compress, suffix):
+    # 64 KiB files (the smallest rotate_size) fill after about a hundred records.
+    proxy = pgcloak(**audit_overrides(audit_dir, file={"rotate_size": "64KiB", "compress": compress}))
+    with psycopg.connect(proxy.dsn(), autocommit=True) as c:
+        for i in range(600):
+            c.execute("SELECT %s::int AS n", (i,)).fetchall()
+    wait_for(lambda: sum(p.endswith(suffix) for p in audit_files(audit_dir)) >= 3, 20, interval=0.1,
+             what=f"three rotated {suffix} files")
+    proxy.terminate()
+    proxy.expect_exit = True
+    files = audit_files(audit_dir)
+    compressed = [p for p in files if p.endswith(suffix)]
+    # Decoded by the zstd command / Python's gzip: standard files.
+    seqs = [r["seq"] for r in read_records(audit_dir)]
+    assert seqs == list(range(1, len(seqs) + 1)), "records missing or doubled across rotated files"
+    assert len([r for r in read_records(audit_dir) if r.get("kind") == "statement"]) >= 600
+    res = verify(files, workdir=workroot)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # A compressed file cut in half is reported as truncated, by name.
+    tmp = os.path.join(workroot, "audit-cut-" + compress)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(audit_dir, tmp)
+    victim = os.path.join(tmp, os.path.basename(compressed[1]))
+    raw = open(victim, "rb").read()
+    with open(victim, "wb") as f:
+        f.write(raw[: len(raw) // 2])
+    res = verify(audit_files(tmp), workdir=workroot)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    assert os.path.basename(victim) in out and "truncated" in out, out
 
 
 @pytest.mark.parametrize("on_failure", ["fail_closed", "block"])

@@ -108,7 +108,7 @@ inline rules::AuditConfig test_config(const TempDir& dir) {
   c.file.path = dir / "audit.jsonl";
   c.file.rotate_size = 0;
   c.file.rotate_age = std::chrono::milliseconds(0);
-  c.file.compress = false;
+  c.file.compress = rules::AuditCompression::none;
   if (!std::filesystem::exists(c.key_file)) write_file(c.key_file, initial_key_hex + "\n");
   return c;
 }

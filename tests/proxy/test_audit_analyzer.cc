@@ -95,6 +95,32 @@ TEST_F(AuditAnalyzerTest, MultiStatementQueriesAndTheCache) {
   EXPECT_EQ(analyzer.cache_hits(), 1U);
 }
 
+TEST_F(AuditAnalyzerTest, PreparedStatementsAreFoundByTheirTextObject) {
+  std::shared_ptr<const rules::Protection> current;
+  AuditAnalyzer analyzer([&] { return current; });
+  StatementCapture execute = capture("SELECT email FROM customers WHERE id = $1");
+  execute.extended = true;
+  EXPECT_EQ(analyzer.analyze(execute)["relations"], nlohmann::json::array({"customers"}));
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(analyzer.analyze(execute)["command"], "SELECT");
+  // Every later Execute of the same Parse: no cache lookup by text at all.
+  EXPECT_EQ(analyzer.cache_misses(), 1U);
+  EXPECT_EQ(analyzer.cache_hits(), 0U);
+  // A reload changes the protection: the same text object is analysed anew.
+  current = protection_;
+  auto j = analyzer.analyze(execute);
+  EXPECT_EQ(j["relations"], nlohmann::json::array({"public.customers"}));
+  EXPECT_EQ(j["protected_columns"], nlohmann::json::array({"public.customers.email"}));
+  // Another statement with equal text (another Parse) shares the analysis
+  // through the text cache; one with other text gets its own.
+  StatementCapture other = capture("SELECT email FROM customers WHERE id = $1");
+  other.extended = true;
+  EXPECT_EQ(analyzer.analyze(other)["protected_columns"], j["protected_columns"]);
+  StatementCapture orders = capture("SELECT amount FROM orders WHERE id = $1");
+  orders.extended = true;
+  EXPECT_EQ(analyzer.analyze(orders)["relations"], nlohmann::json::array({"public.orders"}));
+  EXPECT_EQ(analyzer.analyze(execute)["protected_columns"], j["protected_columns"]);
+}
+
 TEST_F(AuditAnalyzerTest, SealsTextAndParametersWhenConfigured) {
   AuditAnalyzer analyzer(source(), sealer_);
   const std::string sql = "SELECT 1; SELECT * FROM customers WHERE email = $1 AND full_name = 'Alice Smith'";

@@ -334,7 +334,7 @@ TEST(AuditLogTest, RotatesBySizeRatchetsTheKeyFileAndCompresses) {
   TempDir dir;
   auto c = test_config(dir);
   c.file.rotate_size = 1000;
-  c.file.compress = true;
+  c.file.compress = rules::AuditCompression::zstd;
   auto log = open_log(c);
   ASSERT_TRUE(log);
   run_rounds(*log, 10, 4);
@@ -348,13 +348,16 @@ TEST(AuditLogTest, RotatesBySizeRatchetsTheKeyFileAndCompresses) {
 
   const auto rotated = list_rotated_audit_files(c.file.path);
   for (size_t i = 0; i < rotated.size(); ++i) {
-    EXPECT_EQ(rotated[i].epoch, i);  // audit.jsonl.<epoch>.gz, epochs 0, 1, 2, ...
+    EXPECT_EQ(rotated[i].epoch, i);  // audit.jsonl.<epoch>.zst, epochs 0, 1, 2, ...
     EXPECT_EQ(file_mode(rotated[i].path), 0600U) << rotated[i].path;
     // The writer may rotate once more after the wait above, just before
     // close(); that last file is compressed at the next start (see
     // schedule_housekeeping), every earlier one is compressed now.
-    if (i + 1 < rotated.size()) EXPECT_TRUE(rotated[i].compressed) << rotated[i].path;
+    if (i + 1 < rotated.size()) {
+      EXPECT_TRUE(rotated[i].compressed) << rotated[i].path;
+    }
     if (rotated[i].compressed) {
+      EXPECT_EQ(rotated[i].path, dir / ("audit.jsonl." + std::to_string(i) + ".zst"));
       EXPECT_FALSE(std::filesystem::exists(dir / ("audit.jsonl." + std::to_string(i))));
     }
   }
@@ -389,6 +392,36 @@ TEST(AuditLogTest, RotatesBySizeRatchetsTheKeyFileAndCompresses) {
   EXPECT_EQ(with_current.problem->kind, AuditProblemKind::wrong_key);
 }
 
+// gzip remains for tools that read only gzip; a trail may mix both formats
+// (compress changed between runs) and still verifies as one chain.
+TEST(AuditLogTest, GzipCompressionAndMixedTrails) {
+  TempDir dir;
+  auto c = test_config(dir);
+  c.file.rotate_size = 1000;
+  c.file.compress = rules::AuditCompression::gzip;
+  {
+    auto log = open_log(c);
+    ASSERT_TRUE(log);
+    run_rounds(*log, 4, 4);
+    ASSERT_TRUE(eventually([&] {
+      auto files = list_rotated_audit_files(c.file.path);
+      return files.size() >= 2 && files.front().compressed;
+    }));
+    log->close();
+  }
+  c.file.compress = rules::AuditCompression::zstd;
+  auto log = open_log(c);
+  ASSERT_TRUE(log);
+  run_rounds(*log, 4, 4);
+  ASSERT_TRUE(eventually([&] {
+    auto files = list_rotated_audit_files(c.file.path);
+    return std::any_of(files.begin(), files.end(), [](const auto& f) { return f.path.ends_with(".zst"); });
+  }));
+  log->close();
+  const auto rotated = list_rotated_audit_files(c.file.path);
+  EXPECT_TRUE(rotated.front().path.ends_with(".gz")) << rotated.front().path;
+  EXPECT_TRUE(verify_all(c, {.expect_stopped = true}).ok()) << verify_all(c).format();
+}
 TEST(AuditLogTest, ReopenAfterRotationContinuesWithTheRatchetedKeyFile) {
   TempDir dir;
   auto c = test_config(dir);
@@ -503,13 +536,13 @@ TEST(AuditLogTest, CompressionKeepsTheRotationTimeForRetention) {
   auto rotated = list_rotated_audit_files(c.file.path);
   ASSERT_GE(rotated.size(), 2U);
   age_file(rotated[0].path, 10);
-  c.file.compress = true;
+  c.file.compress = rules::AuditCompression::zstd;
   auto log = open_log(c);  // compresses what the first run left uncompressed
   ASSERT_TRUE(log);
-  ASSERT_TRUE(eventually([&] { return std::filesystem::exists(rotated[0].path + ".gz"); }));
+  ASSERT_TRUE(eventually([&] { return std::filesystem::exists(rotated[0].path + ".zst"); }));
   log->close();
   struct stat st {};
-  ASSERT_EQ(::stat((rotated[0].path + ".gz").c_str(), &st), 0);
+  ASSERT_EQ(::stat((rotated[0].path + ".zst").c_str(), &st), 0);
   const auto age =
       std::chrono::system_clock::now() - std::chrono::system_clock::from_time_t(st.st_mtim.tv_sec);
   EXPECT_GT(age, std::chrono::hours(24) * 9);
@@ -792,6 +825,18 @@ TEST(AuditChainTest, TimestampsRoundTrip) {
   EXPECT_EQ(format_audit_ts(t), "2023-11-14T22:13:20.123456Z");
   EXPECT_EQ(parse_audit_ts("2023-11-14T22:13:20.123456Z"), t);
   EXPECT_FALSE(parse_audit_ts("2023-11-14 22:13:20Z").has_value());
+  // The same second again (the cached calendar part), the next second and
+  // the last second before 1970.
+  using std::chrono::microseconds;
+  using std::chrono::system_clock;
+  EXPECT_EQ(format_audit_ts(t + microseconds(7)), "2023-11-14T22:13:20.123463Z");
+  EXPECT_EQ(format_audit_ts(t + microseconds(876544)), "2023-11-14T22:13:21.000000Z");
+  EXPECT_EQ(format_audit_ts(system_clock::time_point(microseconds(-1))), "1969-12-31T23:59:59.999999Z");
+  EXPECT_EQ(format_audit_ts(t), "2023-11-14T22:13:20.123456Z");
+  for (int64_t us : {int64_t{0}, int64_t{999999}, int64_t{1000000}, int64_t{86399999999}}) {
+    const auto at = system_clock::time_point(microseconds(us));
+    EXPECT_EQ(parse_audit_ts(format_audit_ts(at)), at) << us;
+  }
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "proxy/audit_verify.h"
 
 #include <zlib.h>
+#include <zstd.h>
 
 #include <algorithm>
 #include <random>
@@ -16,9 +17,9 @@ using nlohmann::json;
 // A trail of several rotated files plus the active one, closed cleanly.
 class AuditVerifyTest : public ::testing::Test {
  protected:
-  void SetUp() override { make_trail(false); }
+  void SetUp() override { make_trail(rules::AuditCompression::none); }
 
-  void make_trail(bool compress) {
+  void make_trail(rules::AuditCompression compress) {
     config_ = test_config(dir_);
     config_.file.rotate_size = 1000;
     config_.file.compress = compress;
@@ -29,7 +30,7 @@ class AuditVerifyTest : public ::testing::Test {
       for (int i = 0; i < 5; ++i) last = log->submit(statement_event(static_cast<uint64_t>(i)));
       ASSERT_TRUE(wait_durable(*log, last));
     }
-    if (compress) {
+    if (compress != rules::AuditCompression::none) {
       ASSERT_TRUE(eventually([&] {
         auto files = list_rotated_audit_files(config_.file.path);
         return std::all_of(files.begin(), files.end(), [](const auto& f) { return f.compressed; });
@@ -221,12 +222,14 @@ TEST_F(AuditVerifyTest, TheWrongKeyFailsAtTheFirstHeader) {
 
 TEST_F(AuditVerifyTest, FilesOutsideTheChainAreSkippedWithANote) {
   write_file(dir_ / "audit.jsonl.9.gz.tmp", "partial");
+  write_file(dir_ / "audit.jsonl.9.zst.tmp", "partial");
   write_file(dir_ / "audit.jsonl.discarded-12-1700000000", "{\"v\":1}\n");
   files_.push_back(dir_ / "audit.jsonl.9.gz.tmp");
+  files_.push_back(dir_ / "audit.jsonl.9.zst.tmp");
   files_.push_back(dir_ / "audit.jsonl.discarded-12-1700000000");
   auto r = verify();
   ASSERT_TRUE(r.ok()) << r.format();
-  EXPECT_EQ(r.notes.size(), 2U) << r.format();
+  EXPECT_EQ(r.notes.size(), 3U) << r.format();
 }
 
 TEST_F(AuditVerifyTest, TheSameFileTwiceIsADuplicate) {
@@ -239,12 +242,18 @@ TEST_F(AuditVerifyTest, EmptyFileIsTruncated) {
   expect_problem(verify(), AuditProblemKind::truncated_file, files_[1], 1);
 }
 
-// gzip helpers for tampering inside compressed files.
-std::string gunzip(const std::string& path) {
-  return *read_audit_file(path);
-}
-
-void gzip_to(const std::string& path, const std::string& content) {
+// Rewrites a compressed file with new content, in the same format, with
+// the libraries' one-shot APIs (not pgcloak's streaming code).
+void recompress(const std::string& path, const std::string& content, rules::AuditCompression format) {
+  std::string out;
+  if (format == rules::AuditCompression::zstd) {
+    out.resize(ZSTD_compressBound(content.size()));
+    const size_t n = ZSTD_compress(out.data(), out.size(), content.data(), content.size(), 3);
+    ASSERT_FALSE(ZSTD_isError(n));
+    out.resize(n);
+    write_file(path, out);
+    return;
+  }
   gzFile gz = gzopen(path.c_str(), "wb");
   ASSERT_NE(gz, nullptr);
   ASSERT_EQ(gzwrite(gz, content.data(), static_cast<unsigned>(content.size())),
@@ -252,28 +261,64 @@ void gzip_to(const std::string& path, const std::string& content) {
   ASSERT_EQ(gzclose(gz), Z_OK);
 }
 
-class AuditVerifyCompressedTest : public AuditVerifyTest {
+class AuditVerifyCompressedTest : public AuditVerifyTest,
+                                  public ::testing::WithParamInterface<rules::AuditCompression> {
  protected:
-  void SetUp() override { make_trail(true); }
+  void SetUp() override { make_trail(GetParam()); }
+  std::string suffix() const { return GetParam() == rules::AuditCompression::zstd ? ".zst" : ".gz"; }
 };
 
-TEST_F(AuditVerifyCompressedTest, CompressedFilesAreReadTransparently) {
-  ASSERT_NE(files_[0].find(".gz"), std::string::npos);
+INSTANTIATE_TEST_SUITE_P(Formats, AuditVerifyCompressedTest,
+                         ::testing::Values(rules::AuditCompression::zstd, rules::AuditCompression::gzip),
+                         [](const auto& p) {
+                           return p.param == rules::AuditCompression::zstd ? "zstd" : "gzip";
+                         });
+
+TEST_P(AuditVerifyCompressedTest, CompressedFilesAreReadTransparently) {
+  ASSERT_TRUE(files_[0].ends_with(suffix())) << files_[0];
   auto r = verify({.expect_stopped = true});
   EXPECT_TRUE(r.ok()) << r.format();
 }
 
-TEST_F(AuditVerifyCompressedTest, TamperingInsideAGzipIsFound) {
-  std::string content = gunzip(files_[1]);
+TEST_P(AuditVerifyCompressedTest, TheFilesAreStandardStreams) {
+  // Decoded by the library's one-shot API, independently of pgcloak's reader.
+  const std::string raw = read_plain(files_[0]);
+  std::string plain;
+  if (GetParam() == rules::AuditCompression::zstd) {
+    const auto size = ZSTD_getFrameContentSize(raw.data(), raw.size());
+    ASSERT_NE(size, ZSTD_CONTENTSIZE_ERROR);
+    // A streamed frame does not record its size: decode into a generous buffer.
+    plain.resize(size == ZSTD_CONTENTSIZE_UNKNOWN ? raw.size() * 64 : size);
+    const size_t n = ZSTD_decompress(plain.data(), plain.size(), raw.data(), raw.size());
+    ASSERT_FALSE(ZSTD_isError(n)) << ZSTD_getErrorName(n);
+    plain.resize(n);
+  } else {
+    z_stream z{};
+    ASSERT_EQ(inflateInit2(&z, 16 + MAX_WBITS), Z_OK);
+    plain.resize(raw.size() * 64);
+    z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(raw.data()));
+    z.avail_in = static_cast<uInt>(raw.size());
+    z.next_out = reinterpret_cast<Bytef*>(plain.data());
+    z.avail_out = static_cast<uInt>(plain.size());
+    ASSERT_EQ(inflate(&z, Z_FINISH), Z_STREAM_END);
+    plain.resize(z.total_out);
+    inflateEnd(&z);
+  }
+  EXPECT_EQ(plain, *read_audit_file(files_[0]));
+  EXPECT_TRUE(plain.starts_with("{\"v\":1,\"seq\":")) << plain.substr(0, 40);
+}
+
+TEST_P(AuditVerifyCompressedTest, TamperingInsideACompressedFileIsFound) {
+  std::string content = *read_audit_file(files_[1]);
   const auto at = content.find("\"shop\"");
   ASSERT_NE(at, std::string::npos);
   const size_t line = static_cast<size_t>(std::count(content.begin(), content.begin() + at, '\n')) + 1;
   content[at + 1] = 'S';
-  gzip_to(files_[1], content);
+  recompress(files_[1], content, GetParam());
   expect_problem(verify(), AuditProblemKind::modified_record, files_[1], line);
 }
 
-TEST_F(AuditVerifyCompressedTest, ACutGzipIsATruncatedFile) {
+TEST_P(AuditVerifyCompressedTest, ACutCompressedFileIsATruncatedFile) {
   std::string raw = read_plain(files_[1]);
   raw.resize(raw.size() / 2);
   write_file(files_[1], raw);
@@ -281,6 +326,17 @@ TEST_F(AuditVerifyCompressedTest, ACutGzipIsATruncatedFile) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.problem->kind, AuditProblemKind::truncated_file) << r.format();
   EXPECT_EQ(r.problem->file, files_[1]);
+}
+
+TEST_P(AuditVerifyCompressedTest, ADamagedByteInACompressedFileIsFound) {
+  // In the middle of the data: the zstd frame checksum or gzip's CRC (or the
+  // decoder itself) rejects it, or the records' MACs do.
+  std::string raw = read_plain(files_[1]);
+  raw[raw.size() / 2] = static_cast<char>(raw[raw.size() / 2] ^ 0x20);
+  write_file(files_[1], raw);
+  auto r = verify();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.problem->file, files_[1]) << r.format();
 }
 
 }  // namespace

@@ -599,6 +599,30 @@ SecretSources audit_secrets(std::optional<std::string> key_file = audit_key_hex 
   return s;
 }
 
+TEST(AuditConfigTest, CompressTakesAFormatOrABoolean) {
+  const std::pair<std::string, AuditCompression> cases[] = {{"zstd", AuditCompression::zstd},
+                                                            {"gzip", AuditCompression::gzip},
+                                                            {"none", AuditCompression::none},
+                                                            {"true", AuditCompression::zstd},
+                                                            {"false", AuditCompression::none}};
+  for (const auto& [value, want] : cases) {
+    auto load = parse_config(
+        "audit:\n  key_file: /etc/pgcloak/audit.key\n  file:\n    path: /tmp/a.jsonl\n"
+        "    compress: " +
+            value + "\n",
+        audit_secrets());
+    ASSERT_TRUE(load.ok()) << value << ": " << dump(load);
+    EXPECT_EQ(load.config.audit.file.compress, want) << value;
+  }
+  auto bad = parse_config(
+      "audit:\n  key_file: /etc/pgcloak/audit.key\n  file:\n    path: /tmp/a.jsonl\n"
+      "    compress: lz4\n",
+      audit_secrets());
+  EXPECT_TRUE(
+      has_issue(bad, 5, "audit.file.compress must be one of zstd, gzip, none, true, false, not \"lz4\""))
+      << dump(bad);
+}
+
 TEST(AuditConfigTest, AbsentSectionMeansAuditOff) {
   auto load = parse_config("threads: 1\n", audit_secrets());
   ASSERT_TRUE(load.ok()) << dump(load);
@@ -610,7 +634,7 @@ TEST(AuditConfigTest, AbsentSectionMeansAuditOff) {
   EXPECT_EQ(a.queue_limit, 100000U);
   EXPECT_EQ(a.file.rotate_size, uint64_t{256} << 20);
   EXPECT_EQ(a.file.rotate_age, Duration(24 * 3600 * 1000));
-  EXPECT_TRUE(a.file.compress);
+  EXPECT_EQ(a.file.compress, AuditCompression::zstd);
   EXPECT_EQ(a.syslog.port, 514);
 }
 
@@ -660,7 +684,7 @@ audit:
   EXPECT_EQ(a.file.path, "/var/log/pgcloak/audit.jsonl");
   EXPECT_EQ(a.file.rotate_size, uint64_t{64} << 20);
   EXPECT_EQ(a.file.rotate_age, Duration(6 * 3600 * 1000));
-  EXPECT_FALSE(a.file.compress);
+  EXPECT_EQ(a.file.compress, AuditCompression::none);
   EXPECT_EQ(a.file.retention_days, 90U);
   EXPECT_EQ(a.syslog.host, "logs.internal");
   EXPECT_EQ(a.syslog.port, 6514);
