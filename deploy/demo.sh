@@ -265,7 +265,7 @@ audit:
     path: "$AUDIT_DIR/audit.jsonl"
     rotate_size: 64MiB
     rotate_age: 24h
-    compress: true
+    compress: zstd
     retention_days: 30
 # Prometheus metrics, health checks and the security console, on loopback
 # (docs/metrics.md). Off loopback, set token_file.

@@ -152,7 +152,8 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
     size_t pending() const { return out.size() - out_begin; }
     size_t sendable_end() const { return holds.empty() ? out.size() : holds.front().first; }
     void append(Bytes b) {
-      if (out_begin > 0 && out_begin == out.size()) {
+      // Offsets in holds index out: it is only emptied without them.
+      if (out_begin > 0 && out_begin == out.size() && holds.empty()) {
         out.clear();
         out_begin = 0;
       }
@@ -243,7 +244,7 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   void audit_statement_done(std::string_view tag, std::string_view sqlstate);
   bool audit_refusing() const;
   Error audit_refusal() const;
-  void audit_hold_ready(Buffer& out);
+  void audit_hold_ready();
   void client_query(Bytes frame, Buffer& out);
   void client_parse(Bytes frame, Buffer& out);
   void client_bind(Bytes frame, Buffer& out);
@@ -507,7 +508,7 @@ Io RelayConnection::flush(Side& s, int& err) {
     }
     s.out_begin += n;
   }
-  if (s.out_begin == s.out.size()) {
+  if (s.out_begin == s.out.size() && s.holds.empty()) {
     s.out.clear();
     s.out_begin = 0;
   }
@@ -1134,13 +1135,18 @@ void RelayConnection::audit_statement_done(std::string_view tag, std::string_vie
   }
 }
 
-// Strict durability: the ReadyForQuery about to be appended to `out` (the
-// client's buffer) waits until this session's last record is durable.
-void RelayConnection::audit_hold_ready(Buffer& out) {
+// Strict durability: the ReadyForQuery about to be appended to the
+// client's buffer waits until this session's last record is durable.
+void RelayConnection::audit_hold_ready() {
   if (!audit_ || !audit_.strict || audit_last_seq_ == 0) return;
   if (audit_last_seq_ <= audit_.log->durable_seq()) return;
   if (!client_.holds.empty() && client_.holds.back().second >= audit_last_seq_) return;
-  client_.holds.emplace_back(out.size(), audit_last_seq_);
+  // Held from the first byte not yet sent, not just from ReadyForQuery: the
+  // client cannot go on before ReadyForQuery anyway, and the result sent
+  // alone would cost a send and a wake-up of the client per statement. What
+  // is held is bounded by the buffer (larger results went out already).
+  const size_t at = client_.holds.empty() ? client_.out_begin : client_.holds.back().first;
+  client_.holds.emplace_back(at, audit_last_seq_);
   loop_.await_durable(*audit_.log, shared_from_this(), audit_last_seq_);
 }
 
@@ -1619,7 +1625,7 @@ void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
       }
     }
     on_server_header(type, static_cast<uint32_t>(frame.size() - 1));
-    audit_hold_ready(out);
+    audit_hold_ready();
     out.insert(out.end(), frame.begin(), frame.end());
     return;
   }
