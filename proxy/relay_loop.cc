@@ -141,9 +141,10 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
     bool writable = true;  // not known to be full
     bool read_wants_write = false;
     bool write_wants_read = false;
-    bool epollout = false;  // EPOLLOUT currently requested
-    bool dead = false;      // read EOF or an error; nothing more is read or written
-    Buffer out;             // owed to this side
+    bool epollout = false;     // EPOLLOUT currently requested
+    bool dead = false;         // read EOF or an error; nothing more is read or written
+    bool tls_drained = false;  // TLS: the last read from the socket found it empty (tls_read_probe_result)
+    Buffer out;                // owed to this side
     size_t out_begin = 0;
     Tag tag{};
     // Strict audit: (offset in out, record seq). Bytes from offset on are
@@ -429,9 +430,14 @@ Io RelayConnection::read(Side& s, uint8_t* buf, size_t cap, size_t& n, int& err)
   if (s.ssl) {
     ERR_clear_error();
     errno = 0;
+    tls_read_probe_begin();
     const int r = SSL_read(s.ssl.get(), buf, static_cast<int>(std::min<size_t>(cap, INT_MAX)));
+    if (auto drained = tls_read_probe_result(SSL_get_rbio(s.ssl.get()))) s.tls_drained = *drained;
     if (r > 0) {
       n = static_cast<size_t>(r);
+      // Nothing left in OpenSSL's buffer and the socket was empty at the
+      // last read from it: the next edge says when more arrives.
+      if (s.tls_drained && SSL_has_pending(s.ssl.get()) == 0) s.readable = false;
       return Io::ok;
     }
     switch (SSL_get_error(s.ssl.get(), r)) {

@@ -92,6 +92,33 @@ awaitable<std::tuple<error_code, size_t>> Stream::write(asio::const_buffer buffe
   co_return co_await asio::async_write(std::get<unix_stream::socket>(socket_), buffer, use_nothrow);
 }
 
+namespace {
+
+// The last socket read of the current SSL_read on this thread (relay loops
+// read one connection at a time).
+thread_local const BIO* probe_bio = nullptr;
+thread_local bool probe_short = false;
+
+long tls_read_probe(BIO* b, int oper, const char* /*argp*/, size_t len, int /*argi*/, long /*argl*/, int ret,
+                    size_t* processed) {
+  if (oper == (BIO_CB_READ | BIO_CB_RETURN)) {
+    probe_bio = b;
+    probe_short = ret > 0 && processed != nullptr && *processed < len;
+  }
+  return ret;
+}
+
+}  // namespace
+
+void tls_read_probe_begin() {
+  probe_bio = nullptr;
+}
+
+std::optional<bool> tls_read_probe_result(const BIO* rbio) {
+  if (probe_bio == nullptr || probe_bio != rbio) return std::nullopt;
+  return probe_short;
+}
+
 error_code Stream::start_tls(ssl::context& context) {
   auto* t = std::get_if<tcp::socket>(&socket_);
   if (t == nullptr) return asio::error::operation_not_supported;
@@ -107,6 +134,7 @@ error_code Stream::start_tls(ssl::context& context) {
   // ahead lets one recv(2) bring in several records.
   SSL_set_mode(ssl_.get(), SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   SSL_set_read_ahead(ssl_.get(), 1);
+  BIO_set_callback_ex(SSL_get_rbio(ssl_.get()), tls_read_probe);
   return {};
 }
 

@@ -32,6 +32,18 @@ struct SslDeleter {
 };
 using SslPtr = std::unique_ptr<SSL, SslDeleter>;
 
+// Whether the socket under an SSL object was drained by the last read
+// OpenSSL made from it during the latest SSL_read on this thread: set on
+// return from each read of a socket BIO (start_tls installs the probe).
+// tls_read_probe_begin() before SSL_read; tls_read_probe_result(rbio)
+// after it: nullopt when that SSL_read read nothing from this socket (it was
+// served from OpenSSL's buffer), else whether the read returned less than
+// asked, i.e. the kernel's receive queue was empty. With read-ahead that
+// lets the relay loop wait for the next edge instead of asking again (one
+// recv(2) per message instead of two, as for plain sockets).
+void tls_read_probe_begin();
+std::optional<bool> tls_read_probe_result(const BIO* rbio);
+
 // What a relay loop takes over: an open non-blocking descriptor and, when
 // TLS is up, the SSL object bound to it. Whoever holds it closes both.
 struct DetachedStream {
