@@ -23,6 +23,7 @@
 #include "proxy/audit_log.h"
 #include "proxy/log.h"
 #include "rules/mask_value.h"
+#include "rules/prepared_names.h"
 #include "rules/rewriter.h"
 
 namespace pgcloak::proxy {
@@ -216,7 +217,14 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
     std::shared_ptr<const rules::StatementAudit> profile;
     uint64_t key = 0;  // hash of the Bind values (detection)
     std::optional<std::vector<std::optional<std::string>>> parameters;
+    bool defined = false;  // set by set_audit_source (an unnamed one may be all empty)
   };
+  // The unnamed statement and portal (most drivers' only ones) live in
+  // members, named ones in maps.
+  AuditSource* audit_source(bool statement, const std::string& name);
+  void set_audit_source(bool statement, const std::string& name, AuditSource src);
+  void forget_audit_source(bool statement, const std::string& name);
+  void client_close(Bytes frame, Buffer& out);
 
   Io read(Side& s, uint8_t* buf, size_t cap, size_t& n, int& err);
   void refresh_policy();
@@ -309,6 +317,8 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   uint64_t audit_last_seq_ = 0;  // last record this session submitted
   std::unordered_map<std::string, AuditSource> audit_statements_;
   std::unordered_map<std::string, AuditSource> audit_portals_;
+  AuditSource audit_unnamed_statement_;
+  AuditSource audit_unnamed_portal_;
   // Exfiltration detection: the facts of each open cursor's query, by cursor
   // name, so its FETCHes are charged to what it reads. A cursor that ended
   // with its transaction stays until CLOSE, DISCARD ALL or the bound pushes
@@ -733,7 +743,10 @@ bool RelayConnection::from_client(Bytes chunk) {
             if (recording()) return protocol::FrameAction::hold;  // which portal runs
             expect_.push_back({Expect::execute, {}});
             break;
-          case fe::close: expect_.push_back({Expect::close, {}}); break;
+          case fe::close:
+            if (recording()) return protocol::FrameAction::hold;  // forget what it closes
+            expect_.push_back({Expect::close, {}});
+            break;
           case fe::sync: expect_.push_back({Expect::sync, {}}); break;
           default: break;
         }
@@ -790,6 +803,7 @@ void RelayConnection::client_frame(uint8_t type, Bytes frame, Buffer& out) {
     case fe::bind: return client_bind(frame, out);
     case fe::execute: return client_execute(frame, out);
     case fe::function_call: return client_function_call(frame, out);
+    case fe::close: return client_close(frame, out);
     default: out.insert(out.end(), frame.begin(), frame.end());
   }
 }
@@ -809,6 +823,44 @@ void RelayConnection::poison(Expect kind, const Error& refusal, std::shared_ptr<
     audit->message = refusal.message;
   }
   expect_.push_back({kind, refusal, std::move(audit)});
+}
+
+// Close: what the audit records remember of the statement or portal goes
+// with it (a driver that names statements S_1, S_2, ... and closes them
+// would otherwise grow these maps for as long as the session lives).
+void RelayConnection::client_close(Bytes frame, Buffer& out) {
+  out.insert(out.end(), frame.begin(), frame.end());
+  expect_.push_back({Expect::close, {}});
+  auto c = protocol::Close::decode(frame.subspan(5));
+  if (!c) return;  // PostgreSQL rejects it the same way
+  forget_audit_source(c->kind == 'S', c->name);
+}
+
+RelayConnection::AuditSource* RelayConnection::audit_source(bool statement, const std::string& name) {
+  if (name.empty()) {
+    AuditSource& unnamed = statement ? audit_unnamed_statement_ : audit_unnamed_portal_;
+    return unnamed.defined ? &unnamed : nullptr;
+  }
+  auto& named = statement ? audit_statements_ : audit_portals_;
+  auto it = named.find(name);
+  return it == named.end() ? nullptr : &it->second;
+}
+
+void RelayConnection::set_audit_source(bool statement, const std::string& name, AuditSource src) {
+  src.defined = true;
+  if (name.empty()) {
+    (statement ? audit_unnamed_statement_ : audit_unnamed_portal_) = std::move(src);
+  } else {
+    (statement ? audit_statements_ : audit_portals_)[name] = std::move(src);
+  }
+}
+
+void RelayConnection::forget_audit_source(bool statement, const std::string& name) {
+  if (name.empty()) {
+    (statement ? audit_unnamed_statement_ : audit_unnamed_portal_) = {};
+  } else {
+    (statement ? audit_statements_ : audit_portals_).erase(name);
+  }
 }
 
 void RelayConnection::client_function_call(Bytes frame, Buffer& out) {
@@ -844,6 +896,18 @@ void RelayConnection::client_query(Bytes frame, Buffer& out) {
   // The text moves into the record's shared copy when there is one.
   if (recording()) pending = audit_pending(std::make_shared<const std::string>(std::move(q->sql)), false);
   const std::string& sql = pending ? *pending->sql : q->sql;
+  if (pending) {
+    // SQL-level DEALLOCATE/DISCARD ALL drop named statements as Close does
+    // (client_close): their audit sources go too.
+    if (auto d = rules::deallocation_of(sql)) {
+      if (d->all) {
+        audit_statements_.clear();
+        audit_unnamed_statement_ = {};
+      } else {
+        forget_audit_source(true, d->name);
+      }
+    }
+  }
   if (audit_refusing()) {
     pending->rule = "audit-unavailable";
     return poison(Expect::query, audit_refusal(), std::move(pending), out);
@@ -900,9 +964,11 @@ void RelayConnection::client_parse(Bytes frame, Buffer& out) {
   // Later Bind/Execute records name this text; a failed Parse leaves no
   // statement, and its Execute fails too (and is recorded as failed).
   auto remember = [&] {
-    if (pending)
-      audit_statements_[p->statement] = {pending->sql, pending->decision, pending->rule,
-                                         p->statement, pending->profile,  {}};
+    if (pending) {
+      set_audit_source(
+          true, p->statement,
+          {pending->sql, pending->decision, pending->rule, p->statement, pending->profile, {}, {}});
+    }
   };
   if (audit_refusing()) {
     pending->rule = "audit-unavailable";
@@ -953,7 +1019,7 @@ void RelayConnection::client_bind(Bytes frame, Buffer& out) {
     return;
   }
   AuditSource src;
-  if (auto it = audit_statements_.find(b->statement); it != audit_statements_.end()) src = it->second;
+  if (const AuditSource* st = audit_source(true, b->statement)) src = *st;
   src.statement_name = b->statement;
   if (observe_.detector != nullptr && observe_.detector->active()) {
     uint64_t h = rules::detection_hash(b->statement);
@@ -983,7 +1049,7 @@ void RelayConnection::client_bind(Bytes frame, Buffer& out) {
   pending->rule = src.rule;
   pending->key = src.key;
   pending->parameters = src.parameters;
-  audit_portals_[b->portal] = std::move(src);
+  set_audit_source(false, b->portal, std::move(src));
   expect_.push_back({Expect::bind, {}, std::move(pending)});
 }
 
@@ -992,14 +1058,14 @@ void RelayConnection::client_execute(Bytes frame, Buffer& out) {
   std::shared_ptr<AuditPending> pending = audit_pending(nullptr, true);
   if (e) {
     pending->portal_name = e->portal;
-    if (auto it = audit_portals_.find(e->portal); it != audit_portals_.end()) {
-      pending->sql = it->second.sql;
-      pending->statement_name = it->second.statement_name;
-      pending->decision = it->second.decision;
-      pending->rule = it->second.rule;
-      pending->profile = it->second.profile;
-      pending->key = it->second.key;
-      pending->parameters = it->second.parameters;
+    if (const AuditSource* portal = audit_source(false, e->portal)) {
+      pending->sql = portal->sql;
+      pending->statement_name = portal->statement_name;
+      pending->decision = portal->decision;
+      pending->rule = portal->rule;
+      pending->profile = portal->profile;
+      pending->key = portal->key;
+      pending->parameters = portal->parameters;
       observe_start(*pending);
       detect_start(*pending, true);
     }
@@ -1623,6 +1689,14 @@ void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
     if (body.size() == 1) {
       transaction_status_ = body[0];
       if (pending_ready_ > 0) --pending_ready_;
+      // Outside a transaction PostgreSQL has no portals left (they end
+      // with their transaction). Only when the client has nothing after
+      // this in flight: a pipelined Bind for the next transaction may
+      // already be recorded.
+      if (transaction_status_ == 'I' && pending_ready_ == 0 && !unsynced_) {
+        if (!audit_portals_.empty()) audit_portals_.clear();
+        audit_unnamed_portal_.defined = false;
+      }
       // DDL becomes visible to the catalog loader when its transaction
       // ends: refresh again now.
       if (ddl_seen_ && transaction_status_ == 'I') {

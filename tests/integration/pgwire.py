@@ -128,6 +128,11 @@ def execute(portal: str = "", max_rows: int = 0) -> bytes:
     return msg(b"E", _cstr(portal) + struct.pack("!i", max_rows))
 
 
+def close(kind: bytes, name: str = "") -> bytes:
+    """Close of a prepared statement (kind b"S") or portal (b"P")."""
+    return msg(b"C", kind + _cstr(name))
+
+
 def sync() -> bytes:
     return msg(b"S")
 

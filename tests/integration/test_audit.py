@@ -309,6 +309,59 @@ def test_rotated_files_are_compressed_and_verify(pgcloak, audit_dir, workroot, c
     assert os.path.basename(victim) in out and "truncated" in out, out
 
 
+def test_records_follow_statements_closed_deallocated_and_reused(pgcloak, audit_dir):
+    """Named statements closed (protocol Close) or deallocated (SQL, as
+    psycopg does) and their names reused: every Execute's record carries the
+    text its statement had then, and none is left without one."""
+    import pgwire as P
+    proxy = pgcloak(**audit_overrides(audit_dir))
+    w = P.PgWire(proxy.host, proxy.port, timeout=20)
+    w.start_tls()
+    w.startup("trust_user", "app", params={"application_name": "audit-names"})
+
+    def run(stmt: str, portal: str = "") -> None:
+        w.send(P.bind(portal=portal, stmt=stmt) + P.execute(portal) + P.sync())
+        assert w.read_until_ready()[-1].type == b"Z"
+
+    w.send(P.parse("SELECT 1 AS first_text", "s1") + P.sync())
+    w.read_until_ready()
+    run("s1")
+    w.send(P.close(b"S", "s1") + P.parse("SELECT 2 AS second_text", "s1") + P.sync())
+    w.read_until_ready()
+    run("s1")
+    w.simple_query("DEALLOCATE s1")
+    w.send(P.parse("SELECT 3 AS third_text", "s1") + P.sync())
+    w.read_until_ready()
+    run("s1", portal="p1")  # a named portal, gone with its transaction
+    w.simple_query("DEALLOCATE ALL")
+    w.send(P.parse("SELECT 4 AS fourth_text", "S1") + P.sync())
+    w.read_until_ready()
+    run("S1")
+    w.close()
+
+    recs = wait_sessions_ended(audit_dir)
+    execs = [r for r in recs if r["kind"] == "statement" and r.get("application_name") == "audit-names"
+             and r.get("command_tag", "").startswith("SELECT") and r.get("portal_name") is not None]
+    texts = [r.get("normalized", "") for r in execs if r.get("statement_name") in ("s1", "S1")
+             and r["protocol"] == "extended" and r.get("rows") == 1]
+    for word in ("first_text", "second_text", "third_text", "fourth_text"):
+        assert sum(word in t for t in texts) == 1, (word, texts)
+    assert all(t for t in texts), texts
+
+    # psycopg deallocates the statements it evicts with SQL DEALLOCATE.
+    with psycopg.connect(proxy.dsn(application_name="audit-psycopg-evict"), autocommit=True) as c:
+        c.prepare_threshold = 0
+        c.prepared_max = 2
+        for round_ in range(3):
+            for i in range(6):
+                c.execute(f"SELECT %s::int AS col_{i}", (round_,)).fetchall()
+    recs = wait_sessions_ended(audit_dir, 2)
+    stmts = [r for r in recs if r["kind"] == "statement" and r.get("application_name") == "audit-psycopg-evict"
+             and r["protocol"] == "extended" and r.get("command_tag") == "SELECT 1"]
+    for i in range(6):
+        assert sum(f"col_{i}" in r.get("normalized", "") for r in stmts) == 3, (i, [r.get("normalized") for r in stmts])
+
+
 @pytest.mark.parametrize("on_failure", ["fail_closed", "block"])
 def test_failing_sink_refuses_or_holds_then_recovers(pgcloak, audit_dir, on_failure):
     port = free_port()
