@@ -126,7 +126,10 @@ AuditAnalyzer::AuditAnalyzer(ProtectionSource protection, std::shared_ptr<const 
     : protection_(std::move(protection)), sealer_(std::move(sealer)), cache_(cache_bytes) {}
 
 nlohmann::json AuditAnalyzer::analyze(const StatementCapture& capture) {
-  return nlohmann::json::parse("{" + analyze_fragment(capture) + "}");
+  std::string text = "{";
+  text += analyze_fragment(capture);
+  text += '}';
+  return nlohmann::json::parse(text);
 }
 
 std::string AuditAnalyzer::analyze_fragment(const StatementCapture& capture) {
@@ -155,6 +158,16 @@ std::string AuditAnalyzer::analyze_fragment(const StatementCapture& capture) {
     } else {
       audit = cache_.get(sql, capture.index, protection);
     }
+    if (auto declared = track_cursor(capture.connection, *audit, audit)) {
+      // FETCH: the relations and protected columns its rows come from.
+      nlohmann::json j = to_json(*audit);
+      j["relations"] = string_array(declared->relations);
+      j["protected_columns"] = string_array(declared->protected_columns);
+      j["cursor"] = utf8_safe(audit->cursor_name);
+      std::string f = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      out = f.substr(1, f.size() - 2);
+      return with_sealed(capture, sql, *audit, std::move(out));
+    }
     // The fields as JSON text, once per analysis: statements repeat (the
     // cache above), and so does their text.
     auto it = fragments_.find(audit.get());
@@ -166,12 +179,49 @@ std::string AuditAnalyzer::analyze_fragment(const StatementCapture& capture) {
     }
     out = it->second.second;
   }
+  return with_sealed(capture, sql, *audit, std::move(out));
+}
+
+std::shared_ptr<const rules::StatementAudit> AuditAnalyzer::track_cursor(
+    uint64_t connection, const rules::StatementAudit& a,
+    const std::shared_ptr<const rules::StatementAudit>& self) {
+  using Op = rules::StatementAudit::CursorOp;
+  if (a.parse_error || a.cursor_op == Op::none) return nullptr;
+  if (a.cursor_op == Op::fetch) {
+    auto c = cursors_.find(connection);
+    if (c == cursors_.end()) return nullptr;
+    auto it = c->second.find(a.cursor_name);
+    return it == c->second.end() ? nullptr : it->second;
+  }
+  if (a.cursor_op == Op::close) {
+    auto c = cursors_.find(connection);
+    if (c == cursors_.end()) return nullptr;
+    if (a.cursor_name.empty()) {
+      cursor_count_ -= c->second.size();
+      cursors_.erase(c);
+    } else {
+      cursor_count_ -= c->second.erase(a.cursor_name);
+    }
+    return nullptr;
+  }
+  // DECLARE.
+  if (cursor_count_ >= max_cursors) {
+    cursors_.clear();
+    cursor_count_ = 0;
+  }
+  auto [it, added] = cursors_[connection].insert_or_assign(a.cursor_name, self);
+  if (added) ++cursor_count_;
+  return nullptr;
+}
+
+std::string AuditAnalyzer::with_sealed(const StatementCapture& capture, const std::string& sql,
+                                       const rules::StatementAudit& audit, std::string out) {
   if (sealer_ == nullptr) return out;
   // audit.log_parameters: the original, sealed. A seal that fails leaves
   // the field null with the reason; never the clear text.
   nlohmann::json extra = nlohmann::json::object();
   const std::string_view text =
-      std::string_view(sql).substr(std::min(audit->offset, sql.size()), audit->length);
+      std::string_view(sql).substr(std::min(audit.offset, sql.size()), audit.length);
   auto sealed = sealer_->seal(text);
   if (sealed) {
     extra["sealed_text"] = *sealed;

@@ -83,6 +83,21 @@ class AuditAnalyzer {
     std::shared_ptr<const rules::StatementAudit> audit;
   };
   static constexpr size_t max_prepared = 4096;
+  // Open cursors by connection and name: a FETCH names no relation, so its
+  // record lists those of the cursor's DECLARE. Records of one connection
+  // reach the writer in order. Bounded; a connection's entry goes with its
+  // CLOSE ALL / DISCARD ALL or when the table is full.
+  std::unordered_map<uint64_t, std::unordered_map<std::string, std::shared_ptr<const rules::StatementAudit>>>
+      cursors_;
+  size_t cursor_count_ = 0;
+  static constexpr size_t max_cursors = 4096;
+  // Follows DECLARE/CLOSE; for a FETCH of a known cursor, the DECLARE.
+  // Appends the sealed text and parameters (log_parameters) to the fields.
+  std::string with_sealed(const StatementCapture& capture, const std::string& sql,
+                          const rules::StatementAudit& audit, std::string out);
+  std::shared_ptr<const rules::StatementAudit> track_cursor(
+      uint64_t connection, const rules::StatementAudit& a,
+      const std::shared_ptr<const rules::StatementAudit>& self);
   std::unordered_map<PreparedKey, PreparedEntry, PreparedKeyHash> prepared_;
   const rules::Protection* prepared_protection_ = nullptr;  // what prepared_ was filled under
 };

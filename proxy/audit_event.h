@@ -30,6 +30,7 @@ struct AuditSession {
 // written as is (docs/audit.md, "Redaction").
 struct StatementCapture {
   std::shared_ptr<const std::string> sql;  // the client's text (one Query or Parse)
+  uint64_t connection = 0;                 // the relay's connection id (cursors are per connection)
   unsigned index = 0;                      // which statement of a multi-statement Query (0-based)
   bool extended = false;                   // extended protocol (Parse/Bind/Execute)
   std::string statement_name;              // extended: prepared statement name ("" = unnamed)

@@ -1129,6 +1129,7 @@ void RelayConnection::audit_emit(AuditPending& p, std::string_view tag, std::str
   if (!audit_) return;
   StatementCapture c;
   c.sql = p.sql;
+  c.connection = id_;
   c.index = p.index;
   c.extended = p.extended;
   c.statement_name = p.statement_name;

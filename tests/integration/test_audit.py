@@ -362,6 +362,25 @@ def test_records_follow_statements_closed_deallocated_and_reused(pgcloak, audit_
         assert sum(f"col_{i}" in r.get("normalized", "") for r in stmts) == 3, (i, [r.get("normalized") for r in stmts])
 
 
+def test_fetch_records_name_the_cursors_relations(pgcloak, audit_dir):
+    # psycopg's named (server-side) cursor: DECLARE, then FETCHes that name
+    # only the cursor.
+    proxy = pgcloak(**audit_overrides(audit_dir))
+    with psycopg.connect(proxy.dsn(application_name="audit-cursor")) as c:
+        with c.cursor(name="by_chunks") as cur:
+            cur.itersize = 2
+            cur.execute("SELECT id, email FROM customers ORDER BY id LIMIT 5")
+            assert len(cur.fetchall()) == 5
+    recs = wait_sessions_ended(audit_dir)
+    stmts = [r for r in recs if r["kind"] == "statement" and r.get("application_name") == "audit-cursor"]
+    fetches = [r for r in stmts if r.get("command") == "FETCH"]
+    assert fetches, [r.get("normalized") for r in stmts]
+    for r in fetches:
+        assert r.get("cursor") == "by_chunks", r
+        assert any("customers" in rel for rel in r["relations"]), r
+    assert sum(r["rows"] for r in fetches) == 5
+
+
 @pytest.mark.parametrize("on_failure", ["fail_closed", "block"])
 def test_failing_sink_refuses_or_holds_then_recovers(pgcloak, audit_dir, on_failure):
     port = free_port()

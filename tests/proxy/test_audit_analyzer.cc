@@ -121,6 +121,40 @@ TEST_F(AuditAnalyzerTest, PreparedStatementsAreFoundByTheirTextObject) {
   EXPECT_EQ(analyzer.analyze(execute)["protected_columns"], j["protected_columns"]);
 }
 
+TEST_F(AuditAnalyzerTest, FetchRecordsNameTheRelationsOfTheirCursor) {
+  AuditAnalyzer analyzer(source());
+  auto on = [](uint64_t connection, std::string sql) {
+    StatementCapture c = capture(std::move(sql));
+    c.connection = connection;
+    return c;
+  };
+  auto declare = analyzer.analyze(on(1, "DECLARE big CURSOR FOR SELECT email, ssn FROM customers"));
+  EXPECT_EQ(declare["relations"], nlohmann::json::array({"public.customers"}));
+  EXPECT_FALSE(declare.contains("cursor"));
+  auto fetch = analyzer.analyze(on(1, "FETCH 100 FROM big"));
+  EXPECT_EQ(fetch["command"], "FETCH");
+  EXPECT_EQ(fetch["relations"], nlohmann::json::array({"public.customers"}));
+  EXPECT_EQ(fetch["protected_columns"],
+            nlohmann::json::array({"public.customers.email", "public.customers.ssn"}));
+  EXPECT_EQ(fetch["cursor"], "big");
+  // Another connection's cursor of the same name is another cursor.
+  auto other = analyzer.analyze(on(2, "FETCH 100 FROM big"));
+  EXPECT_TRUE(other["relations"].empty()) << other.dump();
+  EXPECT_FALSE(other.contains("cursor"));
+  // Names fold as PostgreSQL folds them; CLOSE forgets.
+  EXPECT_EQ(analyzer.analyze(on(1, "FETCH NEXT FROM BIG"))["cursor"], "big");
+  analyzer.analyze(on(1, "CLOSE big"));
+  EXPECT_TRUE(analyzer.analyze(on(1, "FETCH 100 FROM big"))["relations"].empty());
+  // CLOSE ALL (and DISCARD ALL) forget every cursor of the connection.
+  analyzer.analyze(on(1, "DECLARE a CURSOR FOR SELECT amount FROM orders"));
+  analyzer.analyze(on(1, "DECLARE b CURSOR FOR SELECT phone FROM customers"));
+  EXPECT_EQ(analyzer.analyze(on(1, "FETCH ALL FROM a"))["relations"],
+            nlohmann::json::array({"public.orders"}));
+  analyzer.analyze(on(1, "CLOSE ALL"));
+  EXPECT_TRUE(analyzer.analyze(on(1, "FETCH ALL FROM a"))["relations"].empty());
+  EXPECT_TRUE(analyzer.analyze(on(1, "FETCH ALL FROM b"))["relations"].empty());
+}
+
 TEST_F(AuditAnalyzerTest, SealsTextAndParametersWhenConfigured) {
   AuditAnalyzer analyzer(source(), sealer_);
   const std::string sql = "SELECT 1; SELECT * FROM customers WHERE email = $1 AND full_name = 'Alice Smith'";
