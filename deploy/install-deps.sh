@@ -10,7 +10,7 @@ PKGS=(
   clang-format clang-tidy
   # libraries (Boost 1.81: 1.74 lacks asio::as_tuple)
   libboost1.81-dev libssl-dev libpq-dev libpg-query-dev libprotobuf-c-dev prometheus-cpp-dev
-  libyaml-cpp-dev nlohmann-json3-dev zlib1g-dev libzstd-dev googletest libgtest-dev libgmock-dev libbenchmark-dev
+  libyaml-cpp-dev nlohmann-json3-dev zlib1g-dev libzstd-dev liburing-dev googletest libgtest-dev libgmock-dev libbenchmark-dev
   # runtime peers for tests, demo and benchmarks
   postgresql-15 postgresql-client-15 pgbouncer openssl procps iproute2 curl
   python3 python3-psycopg python3-pytest python3-pytest-timeout python3-yaml

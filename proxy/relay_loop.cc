@@ -43,6 +43,12 @@ constexpr size_t rx_size = size_t{64} * 1024;
 // slow reader stops the fast writer: per session at most about
 // 2 x (out_cap + rx_size) bytes are buffered.
 constexpr size_t out_cap = size_t{64} * 1024;
+// Batched I/O (io_batch.h): operations per io_uring call, and the slots that
+// batched reads land in. Most reads are one small message; a full slot
+// leaves the side readable and the pump goes on with rx_size reads.
+constexpr unsigned batch_entries = 128;
+constexpr unsigned batch_slots = 64;
+constexpr size_t batch_slot_size = size_t{16} * 1024;
 // Reads per connection per loop pass before others get a turn.
 constexpr int pass_budget = 16;
 // How long a closing connection may take to flush what it owes the client.
@@ -128,6 +134,22 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   // Strict audit: records up to `durable` are on disk; release what waited.
   void audit_durable(uint64_t durable);
 
+  // --- batched I/O (RelayLoop::pump_ready, flush_sends) ---
+  // Queues a read for each plaintext side the pump would read now, into the
+  // loop's slots from `slot` on; returns how many slots it used (0-2).
+  // `conn_tag` identifies this session in the completions.
+  unsigned stage_reads(IoBatch& batch, uint64_t conn_tag, uint8_t* slot, unsigned slots_left);
+  void staged_result(uint64_t side_tag, ssize_t res);
+  // After the pump: a staged read it did not take is copied out of the slot.
+  void keep_staged();
+  // Queues the sends flush() deferred; `conn_tag` identifies this session
+  // in the completions.
+  void queue_sends(IoBatch& batch, uint64_t conn_tag);
+  void sent(bool upstream_side, ssize_t res);
+  // After every completion of a batch: a failed send ends the session.
+  void settle_sends();
+  uint64_t epoch = 0;  // the loop's wake-up that last listed this session as ready
+
   // The epoll cookie of each side: the connection plus which side.
   struct Tag {
     RelayConnection* conn;
@@ -145,6 +167,15 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
     bool epollout = false;     // EPOLLOUT currently requested
     bool dead = false;         // read EOF or an error; nothing more is read or written
     bool tls_drained = false;  // TLS: the last read from the socket found it empty (tls_read_probe_result)
+    // Batched I/O: a read done in the loop's batch for the pump to take.
+    const uint8_t* staged_data = nullptr;
+    ssize_t staged_res = 0;
+    bool staged = false;
+    size_t staged_cap = 0;
+    Buffer carry;              // a staged read the pump did not take: its bytes come first
+    bool send_queued = false;  // flush() left the send to the loop's batch
+    size_t send_asked = 0;     // bytes in the batched send
+    int send_error = 0;        // the batched send failed (errno); settle_sends ends the session
     Buffer out;                // owed to this side
     size_t out_begin = 0;
     Tag tag{};
@@ -226,7 +257,18 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   void forget_audit_source(bool statement, const std::string& name);
   void client_close(Bytes frame, Buffer& out);
 
-  Io read(Side& s, uint8_t* buf, size_t cap, size_t& n, int& err);
+  // data: where the bytes are (buf, or a batched read's slot).
+  Io read(Side& s, uint8_t* buf, size_t cap, const uint8_t*& data, size_t& n, int& err);
+  Io take_staged(Side& s, const uint8_t*& data, size_t& n, int& err);
+  // Whether the pump reads this side now (the same tests as pump()).
+  bool reads_client() const {
+    const bool audit_blocked = audit_ && !audit_.fail_closed && !audit_.log->accepting();
+    return !closing_ && !client_.dead && client_.readable && upstream_.pending() < out_cap &&
+           !audit_blocked && !cancel_in_flight_;
+  }
+  bool reads_upstream() const {
+    return !closing_ && !upstream_.dead && upstream_.readable && client_.pending() < out_cap;
+  }
   void refresh_policy();
   void client_frame(uint8_t type, Bytes frame, Buffer& out);
   void server_frame(uint8_t type, Bytes frame, Buffer& out);
@@ -273,7 +315,9 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
     return !output_checked_ && !expect_.empty() && expect_.front().output != nullptr;
   }
   std::shared_ptr<const rules::StatementDecision> decide(std::string_view sql);
-  Io flush(Side& s, int& err);
+  // defer: with batched I/O, a plaintext side's send is left to the loop's
+  // batch (flush_sends) instead of being made now.
+  Io flush(Side& s, int& err, bool defer = false);
   void update_interest(Side& s);
   bool from_client(Bytes chunk);
   bool from_server(Bytes chunk);
@@ -435,8 +479,16 @@ bool RelayConnection::open() {
 
 // --- I/O --------------------------------------------------------------------
 
-Io RelayConnection::read(Side& s, uint8_t* buf, size_t cap, size_t& n, int& err) {
+Io RelayConnection::read(Side& s, uint8_t* buf, size_t cap, const uint8_t*& data, size_t& n, int& err) {
   n = 0;
+  data = buf;
+  if (!s.carry.empty()) {
+    n = std::min(cap, s.carry.size());
+    std::memcpy(buf, s.carry.data(), n);
+    s.carry.erase(s.carry.begin(), s.carry.begin() + static_cast<std::ptrdiff_t>(n));
+    return Io::ok;
+  }
+  if (s.staged) return take_staged(s, data, n, err);
   if (s.ssl) {
     ERR_clear_error();
     errno = 0;
@@ -483,7 +535,133 @@ Io RelayConnection::read(Side& s, uint8_t* buf, size_t cap, size_t& n, int& err)
   }
 }
 
-Io RelayConnection::flush(Side& s, int& err) {
+Io RelayConnection::take_staged(Side& s, const uint8_t*& data, size_t& n, int& err) {
+  s.staged = false;
+  const ssize_t r = s.staged_res;
+  if (r > 0) {
+    data = s.staged_data;
+    n = static_cast<size_t>(r);
+    // As for recv(): less than asked means the receive queue is empty.
+    if (n < s.staged_cap) s.readable = false;
+    return Io::ok;
+  }
+  if (r == 0) return Io::eof;
+  if (r == -EAGAIN || r == -EWOULDBLOCK) {
+    s.readable = false;
+    return Io::would_block;
+  }
+  if (r == -EINTR) return Io::would_block;  // still readable: the next pass reads directly
+  err = static_cast<int>(-r);
+  return Io::error;
+}
+
+unsigned RelayConnection::stage_reads(IoBatch& batch, uint64_t conn_tag, uint8_t* slot, unsigned slots_left) {
+  unsigned used = 0;
+  // The pump reads the client first, and reads a side only while the other
+  // side's output is below out_cap; a staged read it then skips is kept
+  // (keep_staged), never lost.
+  const std::pair<Side*, bool> sides[] = {{&client_, reads_client()}, {&upstream_, reads_upstream()}};
+  for (const auto& [s, wanted] : sides) {
+    if (!wanted || used == slots_left || s->ssl || s->fd < 0 || s->staged || !s->carry.empty()) continue;
+    const uint64_t tag = (conn_tag << 1U) | (s == &upstream_ ? 1U : 0U);
+    if (!batch.recv(s->fd, slot, batch_slot_size, tag)) break;
+    s->staged = true;  // pending: staged_result fills it in
+    s->staged_data = slot;
+    s->staged_cap = batch_slot_size;
+    s->staged_res = -EINTR;
+    slot += batch_slot_size;
+    ++used;
+  }
+  return used;
+}
+
+void RelayConnection::staged_result(uint64_t side_tag, ssize_t res) {
+  Side& s = (side_tag & 1U) != 0 ? upstream_ : client_;
+  s.staged_res = res;
+}
+
+void RelayConnection::keep_staged() {
+  for (Side* s : {&client_, &upstream_}) {
+    if (!s->staged) continue;
+    s->staged = false;
+    // Only bytes need keeping: an end of stream or an error is reported
+    // again by the next recv, as the side is still marked readable.
+    if (s->staged_res > 0 && !closed_) {
+      s->carry.insert(s->carry.end(), s->staged_data, s->staged_data + s->staged_res);
+    }
+  }
+}
+
+void RelayConnection::queue_sends(IoBatch& batch, uint64_t conn_tag) {
+  for (Side* s : {&client_, &upstream_}) {
+    if (!s->send_queued) continue;
+    s->send_queued = false;
+    s->send_asked = 0;
+    if (closed_ || s->fd < 0 || s->dead || !s->writable || s->ssl) continue;
+    // As in pump(): nothing more goes to PostgreSQL while a cancel is on its
+    // way; the pump queues it again once the cancel is done.
+    if (s == &upstream_ && cancel_in_flight_) continue;
+    const size_t end = s->sendable_end();
+    if (end <= s->out_begin) continue;
+    const uint64_t tag = (conn_tag << 1U) | (s == &upstream_ ? 1U : 0U);
+    if (!batch.send(s->fd, s->out.data() + s->out_begin, end - s->out_begin, tag)) {
+      // The batch is full: the next pass sends it.
+      s->send_queued = true;
+      loop_.send_queue_.push_back(shared_from_this());
+      continue;
+    }
+    s->send_asked = end - s->out_begin;
+  }
+}
+
+void RelayConnection::sent(bool upstream_side, ssize_t res) {
+  Side& s = upstream_side ? upstream_ : client_;
+  const size_t asked = s.send_asked;
+  s.send_asked = 0;
+  if (closed_ || s.dead) return;
+  if (res >= 0) {
+    s.out_begin += static_cast<size_t>(res);
+    // A stream socket that took less than asked is full.
+    if (static_cast<size_t>(res) < asked) s.writable = false;
+    if (s.out_begin == s.out.size() && s.holds.empty()) {
+      s.out.clear();
+      s.out_begin = 0;
+    }
+    return;
+  }
+  if (res == -EAGAIN || res == -EWOULDBLOCK) {
+    s.writable = false;
+    return;
+  }
+  if (res == -EINTR) return;  // the pump queues it again
+  // Handled in settle_sends, once every send of the batch is accounted
+  // for: ending the session here could flush the other side's bytes again
+  // when the kernel had already sent them.
+  s.send_error = static_cast<int>(-res);
+}
+
+void RelayConnection::settle_sends() {
+  if (closed_) return;
+  if (upstream_.send_error != 0 && !upstream_.dead) {
+    const int err = std::exchange(upstream_.send_error, 0);
+    upstream_gone(true, err);
+    if (closed_) return;
+  }
+  if (client_.send_error != 0 && !client_.dead) {
+    const int err = std::exchange(client_.send_error, 0);
+    log::debug(std::string("client connection error: ") + std::strerror(err), id_);
+    client_gone();
+  }
+}
+
+Io RelayConnection::flush(Side& s, int& err, bool defer) {
+  if (defer && !s.ssl && loop_.batch_) {
+    if (!s.send_queued && s.sendable_end() > s.out_begin) {
+      s.send_queued = true;
+      loop_.send_queue_.push_back(shared_from_this());
+    }
+    return Io::ok;
+  }
   const size_t end = s.sendable_end();
   while (s.out_begin < end) {
     const uint8_t* p = s.out.data() + s.out_begin;
@@ -570,15 +748,14 @@ bool RelayConnection::pump() {
     progress = false;
     int err = 0;
     // Client to PostgreSQL.
-    const bool audit_blocked = audit_ && !audit_.fail_closed && !audit_.log->accepting();
-    if (!closing_ && !client_.dead && client_.readable && upstream_.pending() < out_cap && !audit_blocked &&
-        !cancel_in_flight_) {
+    if (reads_client()) {
       size_t n = 0;
-      switch (read(client_, rx, rx_size, n, err)) {
+      const uint8_t* data = rx;
+      switch (read(client_, rx, rx_size, data, n, err)) {
         case Io::ok:
           last_activity_ = Clock::now();
           progress = true;
-          if (!from_client(Bytes(rx, n))) break;
+          if (!from_client(Bytes(data, n))) break;
           break;
         case Io::would_block: break;
         case Io::eof: client_gone(); break;
@@ -591,20 +768,21 @@ bool RelayConnection::pump() {
     }
     if (upstream_.pending() > 0 && upstream_.writable && !upstream_.dead && !cancel_in_flight_) {
       const size_t before = upstream_.pending();
-      if (flush(upstream_, err) == Io::error) {
+      if (flush(upstream_, err, true) == Io::error) {
         upstream_gone(true, err);
         if (closed_) return false;
       }
       if (upstream_.pending() != before) progress = true;
     }
     // PostgreSQL to client.
-    if (!closing_ && !upstream_.dead && upstream_.readable && client_.pending() < out_cap) {
+    if (reads_upstream()) {
       size_t n = 0;
-      switch (read(upstream_, rx, rx_size, n, err)) {
+      const uint8_t* data = rx;
+      switch (read(upstream_, rx, rx_size, data, n, err)) {
         case Io::ok:
           last_activity_ = Clock::now();
           progress = true;
-          from_server(Bytes(rx, n));
+          from_server(Bytes(data, n));
           break;
         case Io::would_block: break;
         case Io::eof: upstream_gone(false, 0); break;
@@ -614,7 +792,7 @@ bool RelayConnection::pump() {
     }
     if (client_.sendable_end() > client_.out_begin && client_.writable && !client_.dead) {
       const size_t before = client_.pending();
-      if (flush(client_, err) == Io::error) {
+      if (flush(client_, err, true) == Io::error) {
         log::debug(std::string("client connection error: ") + std::strerror(err), id_);
         client_gone();
         return false;
@@ -1868,9 +2046,12 @@ void RelayConnection::begin_closing() {
 }
 
 bool RelayConnection::recyclable() const {
+  // A batched read that took PostgreSQL's bytes off the socket and that the
+  // pump has not relayed yet would be lost to the next client.
+  const bool upstream_bytes_held = (upstream_.staged && upstream_.staged_res > 0) || !upstream_.carry.empty();
   return recycle_ && !draining_ && !upstream_.dead && !terminate_sent_ && !closing_ && idle() &&
-         transaction_status_ == 'I' && !unsynced_ && server_frames_.at_boundary() && !cutting_ &&
-         !cancel_in_flight_ && !terminate_later_;
+         !upstream_bytes_held && transaction_status_ == 'I' && !unsynced_ && server_frames_.at_boundary() &&
+         !cutting_ && !cancel_in_flight_ && !terminate_later_;
 }
 
 void RelayConnection::client_gone() {
@@ -2041,7 +2222,16 @@ RelayLoop::~RelayLoop() {
   if (event_fd_ >= 0) ::close(event_fd_);
 }
 
-Status RelayLoop::start() {
+Status RelayLoop::start(bool batch_io) {
+  if (batch_io) {
+    auto b = IoBatch::create(batch_entries);
+    if (b) {
+      batch_ = std::move(*b);
+      slots_ = std::make_unique<uint8_t[]>(batch_slots * batch_slot_size);
+    } else {
+      batch_error_ = b.error().message;
+    }
+  }
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
   event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (epoll_fd_ < 0 || event_fd_ < 0) {
@@ -2168,10 +2358,58 @@ void RelayLoop::tick(Clock::time_point now) {
   }
 }
 
+void RelayLoop::pump_ready(std::vector<RelayConnection*>& ready) {
+  // Reads first, all in one call; then each session's pump takes its
+  // staged bytes as if it had read them itself.
+  unsigned used = 0;
+  staged_.clear();
+  for (RelayConnection* c : ready) {
+    if (used == batch_slots) break;
+    if (c->closed()) continue;
+    const unsigned n =
+        c->stage_reads(*batch_, staged_.size(), slots_.get() + (used * batch_slot_size), batch_slots - used);
+    if (n == 0) continue;
+    staged_.push_back(c);
+    used += n;
+  }
+  if (!staged_.empty()) {
+    for (const auto& done : batch_->run()) staged_[done.tag >> 1U]->staged_result(done.tag & 1U, done.res);
+  }
+  for (RelayConnection* c : ready) {
+    if (!c->closed() && c->pump()) again_.push_back(c);
+  }
+  for (RelayConnection* c : staged_) c->keep_staged();
+}
+
+void RelayLoop::flush_sends() {
+  // A pump run with the results may queue more (a read it had to stop for
+  // backpressure, then a send); a few rounds, then the next pass.
+  for (int round = 0; round < 4 && !send_queue_.empty(); ++round) {
+    std::vector<std::shared_ptr<RelayConnection>> queue;
+    queue.swap(send_queue_);
+    size_t next = 0;
+    while (next < queue.size()) {
+      const size_t first = next;
+      for (; next < queue.size() && batch_->size() + 2 <= batch_->capacity(); ++next) {
+        queue[next]->queue_sends(*batch_, next);
+      }
+      for (const auto& done : batch_->run()) queue[done.tag >> 1U]->sent((done.tag & 1U) != 0, done.res);
+      for (size_t i = first; i < next; ++i) queue[i]->settle_sends();
+      for (size_t i = first; i < next; ++i) {
+        RelayConnection* c = queue[i].get();
+        if (c->closed() || std::find(again_.begin(), again_.end(), c) != again_.end()) continue;
+        if (c->pump()) again_.push_back(c);
+      }
+    }
+  }
+}
+
 void RelayLoop::run() {
   std::array<epoll_event, 256> events{};
   for (;;) {
-    int timeout = again_.empty() ? static_cast<int>(tick_interval.count()) : 0;
+    // Batched I/O: whatever the last pass queued goes out before sleeping.
+    if (batch_) flush_sends();
+    int timeout = again_.empty() && send_queue_.empty() ? static_cast<int>(tick_interval.count()) : 0;
     const int n = epoll_wait(epoll_fd_, events.data(), static_cast<int>(events.size()), timeout);
     if (n < 0 && errno != EINTR) {
       log::error(std::string("relay loop: epoll_wait failed: ") + std::strerror(errno));
@@ -2183,6 +2421,8 @@ void RelayLoop::run() {
     for (RelayConnection* c : again) {
       if (!c->closed() && c->pump()) again_.push_back(c);
     }
+    ++epoch_;
+    ready_.clear();
     for (int i = 0; i < n; ++i) {
       auto* tag = static_cast<RelayConnection::Tag*>(events[i].data.ptr);
       if (tag == nullptr) {
@@ -2194,14 +2434,25 @@ void RelayLoop::run() {
       if (c->closed()) continue;
       c->on_event(tag->upstream, events[i].events);
       if (std::find(again_.begin(), again_.end(), c) != again_.end()) continue;
+      if (batch_) {
+        // Both sides' events first; the session is pumped once, below.
+        if (c->epoch != epoch_) {
+          c->epoch = epoch_;
+          ready_.push_back(c);
+        }
+        continue;
+      }
       if (c->pump()) again_.push_back(c);
     }
+    if (batch_ && !ready_.empty()) pump_ready(ready_);
     run_posted();
     const auto now = Clock::now();
     if (now >= next_tick_) {
       next_tick_ = now + tick_interval;
       tick(now);
     }
+    // A session retired this pass with a send queued stays alive in
+    // send_queue_ (shared), and queue_sends skips it as closed.
     retired_.clear();
     bool stop = false;
     {
@@ -2211,6 +2462,8 @@ void RelayLoop::run() {
     if (stop) break;
   }
   run_posted();
+  // What the last tasks queued (e.g. a shutdown's ErrorResponse) still goes.
+  if (batch_) flush_sends();
   std::vector<std::shared_ptr<RelayConnection>> all = conns_;
   for (auto& c : all) c->close_now();
   retired_.clear();
@@ -2218,10 +2471,10 @@ void RelayLoop::run() {
 
 // --- pool -----------------------------------------------------------------------
 
-Status RelayPool::start(unsigned loops) {
+Status RelayPool::start(unsigned loops, bool batch_io) {
   for (unsigned i = 0; i < std::max(1U, loops); ++i) {
     loops_.push_back(std::make_unique<RelayLoop>());
-    if (auto st = loops_.back()->start(); !st) return st;
+    if (auto st = loops_.back()->start(batch_io); !st) return st;
   }
   return ok_status();
 }

@@ -32,6 +32,7 @@
 #include "protocol/wire.h"
 #include "proxy/audit_event.h"
 #include "proxy/console_state.h"
+#include "proxy/io_batch.h"
 #include "proxy/metrics.h"
 #include "proxy/stream.h"
 #include "rules/decision_cache.h"
@@ -150,7 +151,10 @@ class RelayLoop {
   RelayLoop(const RelayLoop&) = delete;
   RelayLoop& operator=(const RelayLoop&) = delete;
 
-  Status start();
+  // batch_io: issue the socket calls of ready sessions together through
+  // io_uring (io_batch.h) when the kernel allows it; else one system call
+  // per read and write.
+  Status start(bool batch_io);
   // Closes whatever is still relaying and joins the thread.
   void stop();
 
@@ -158,6 +162,10 @@ class RelayLoop {
   std::shared_ptr<RelayHandle> adopt(RelayStart start);
   void post(std::function<void()> task);
   size_t size() const { return count_.load(std::memory_order_relaxed); }
+  // Socket calls are batched through io_uring (false: epoll and one system
+  // call each). Fixed once started.
+  bool batching() const { return batch_ != nullptr; }
+  const std::string& batch_error() const { return batch_error_; }
 
  private:
   friend class RelayConnection;
@@ -170,6 +178,12 @@ class RelayLoop {
   // waiting sessions (group commit wakes the loop once per fsync).
   void await_durable(AuditLog& log, const std::shared_ptr<RelayConnection>& conn, uint64_t seq);
   void durable_progress(AuditLog& log);
+  // Batched I/O: the reads of the sessions an epoll wake-up found ready, in
+  // one io_uring call, then each session's pump.
+  void pump_ready(std::vector<RelayConnection*>& ready);
+  // Batched I/O: the sends the pumps queued, in one io_uring call; the
+  // sessions are pumped again with the results. Runs before the loop sleeps.
+  void flush_sends();
 
   int epoll_fd_ = -1;
   int event_fd_ = -1;
@@ -183,7 +197,16 @@ class RelayLoop {
   std::vector<std::shared_ptr<RelayConnection>> conns_;
   std::vector<RelayConnection*> again_;  // hit their per-pass budget; continue next pass
   std::vector<std::shared_ptr<RelayConnection>> retired_;
-  protocol::Buffer rx_;  // one receive buffer per loop: data is processed before the next read
+  protocol::Buffer rx_;             // one receive buffer per loop: data is processed before the next read
+  std::unique_ptr<IoBatch> batch_;  // null: one system call per read and write
+  // Batched reads land here, one slot per side, and are handed to the pumps
+  // before the next batch reuses the slots.
+  std::unique_ptr<uint8_t[]> slots_;
+  std::vector<std::shared_ptr<RelayConnection>> send_queue_;  // sessions with a send queued
+  std::vector<RelayConnection*> staged_;                      // sessions with reads in the current batch
+  std::vector<RelayConnection*> ready_;                       // sessions an epoll wake-up found ready
+  uint64_t epoch_ = 0;       // numbers epoll wake-ups (de-duplicates ready sessions)
+  std::string batch_error_;  // why batch_io was asked for but is off
   rules::DecisionCache decisions_;
   // Class and protected relations of observed statements (metrics, console).
   rules::StatementAuditCache profiles_{size_t{4} << 20};
@@ -196,9 +219,11 @@ class RelayLoop {
 // N loops, one thread each; sessions go to the loop with the fewest.
 class RelayPool {
  public:
-  Status start(unsigned loops);
+  Status start(unsigned loops, bool batch_io);
   void stop();
   RelayLoop& pick();
+  bool batching() const { return !loops_.empty() && loops_.front()->batching(); }
+  std::string batch_error() const { return loops_.empty() ? std::string() : loops_.front()->batch_error(); }
 
  private:
   std::vector<std::unique_ptr<RelayLoop>> loops_;

@@ -193,7 +193,8 @@ Status Server::start() {
   // sets both.
   const unsigned relay_loops =
       cfg.threads != 0 ? cfg.threads : std::max(1U, std::thread::hardware_concurrency() / 2);
-  if (auto st = state_.relays.start(relay_loops); !st) return st;
+  if (auto st = state_.relays.start(relay_loops, cfg.io_uring == rules::Config::IoUring::auto_); !st)
+    return st;
   for (unsigned i = 0; i < threads; ++i) {
     workers_.push_back(std::make_unique<asio::io_context>(1));
     guards_.push_back(asio::make_work_guard(*workers_.back()));
@@ -267,9 +268,17 @@ Status Server::start() {
   }
 
   signals_ = std::make_unique<asio::signal_set>(main_ctx, SIGTERM, SIGINT, SIGHUP);
+  // Whether the relay batches its socket calls (io_uring) and, if it was
+  // asked to but cannot, why: a container's seccomp profile often refuses
+  // io_uring, and the relay then makes one system call per read and write.
+  const std::string relay_io =
+      state_.relays.batching() ? "socket calls batched with io_uring"
+                               : (cfg.io_uring == rules::Config::IoUring::off
+                                      ? "io_uring off"
+                                      : "one system call per read and write; " + state_.relays.batch_error());
   log::info("upstream PostgreSQL at " + cfg.upstream.describe() + " (sslmode " +
             std::string(rules::to_string(cfg.upstream.sslmode)) + "); " + std::to_string(threads) +
-            " io threads, " + std::to_string(relay_loops) + " relay loops; client TLS " +
+            " io threads, " + std::to_string(relay_loops) + " relay loops (" + relay_io + "); client TLS " +
             (cfg.tls.enabled() ? (cfg.tls.require ? "required" : "optional") : "off") + "; auth " +
             (cfg.auth.mode == rules::AuthMode::scram
                  ? "scram (verifiers via the catalog login \"" + cfg.catalog.user + "\")"

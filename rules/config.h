@@ -134,6 +134,10 @@ struct Config {
   std::vector<ListenAddress> listen{{"127.0.0.1", 6432}};
   std::string unix_socket_dir;
   unsigned threads = 0;  // 0 = hardware concurrency
+  // Relay loops issue the socket calls of ready sessions together through
+  // io_uring when the kernel allows it (auto), or one system call each (off).
+  enum class IoUring : uint8_t { auto_, off };
+  IoUring io_uring = IoUring::auto_;
   unsigned max_connections = 10000;
   TlsConfig tls;
   UpstreamConfig upstream;

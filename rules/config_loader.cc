@@ -1961,6 +1961,11 @@ ConfigLoad parse_config(std::string_view yaml_text, const SecretSources& secrets
             {"unix_socket_dir",
              [&](const YAML::Node& n) { w.string(n, "unix_socket_dir", c.unix_socket_dir); }},
             {"threads", [&](const YAML::Node& n) { w.integer(n, "threads", c.threads, 0, 256); }},
+            {"io_uring",
+             [&](const YAML::Node& n) {
+               w.enumeration(n, "io_uring", c.io_uring,
+                             {{"auto", Config::IoUring::auto_}, {"off", Config::IoUring::off}});
+             }},
             {"max_connections",
              [&](const YAML::Node& n) { w.integer(n, "max_connections", c.max_connections, 1, 1000000); }},
             {"tls",

@@ -38,9 +38,12 @@ def _backend_state(admin, app):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
-def test_slow_reader_bounded_memory(tls, pgcloak, admin):
-    proxy = pgcloak()
+# io: the relay's socket I/O, batched through io_uring (auto) or one system
+# call per read and write (off); test_relay_io.py.
+@pytest.mark.parametrize("tls,io", [(False, "auto"), (False, "off"), (True, "auto")],
+                         ids=["plain", "plain-io_uring-off", "tls"])
+def test_slow_reader_bounded_memory(tls, io, pgcloak, admin):
+    proxy = pgcloak(io_uring=io)
     app = f"slow-{uuid.uuid4().hex[:8]}"
     sampler = RssSampler(proxy.pid)
     with pgwire.PgWire(proxy.host, proxy.port, timeout=30, rcvbuf=64 * 1024) as w:

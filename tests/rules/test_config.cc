@@ -74,6 +74,21 @@ log:
   EXPECT_EQ(c.log.level, LogLevel::debug);
 }
 
+TEST(ConfigTest, IoUringIsAutoUnlessTurnedOff) {
+  auto none = parse_config("threads: 1\n");
+  ASSERT_TRUE(none.ok()) << dump(none);
+  EXPECT_EQ(none.config.io_uring, Config::IoUring::auto_);
+  auto on = parse_config("io_uring: auto\n");
+  ASSERT_TRUE(on.ok()) << dump(on);
+  EXPECT_EQ(on.config.io_uring, Config::IoUring::auto_);
+  auto off = parse_config("io_uring: off\n");
+  ASSERT_TRUE(off.ok()) << dump(off);
+  EXPECT_EQ(off.config.io_uring, Config::IoUring::off);
+  auto bad = parse_config("\nio_uring: sometimes\n");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_TRUE(has_issue(bad, 2, "io_uring must be one of")) << dump(bad);
+}
+
 TEST(ConfigTest, UnknownKeyIsReportedWithItsLine) {
   auto load = parse_config("threads: 2\ntls:\n  requre: true\n");
   ASSERT_FALSE(load.ok());
