@@ -2227,7 +2227,7 @@ Status RelayLoop::start(bool batch_io) {
     auto b = IoBatch::create(batch_entries);
     if (b) {
       batch_ = std::move(*b);
-      slots_ = std::make_unique<uint8_t[]>(batch_slots * batch_slot_size);
+      slots_ = std::make_unique_for_overwrite<uint8_t[]>(batch_slots * batch_slot_size);
     } else {
       batch_error_ = b.error().message;
     }
