@@ -488,7 +488,11 @@ Io RelayConnection::read(Side& s, uint8_t* buf, size_t cap, const uint8_t*& data
     s.carry.erase(s.carry.begin(), s.carry.begin() + static_cast<std::ptrdiff_t>(n));
     return Io::ok;
   }
-  if (s.staged) return take_staged(s, data, n, err);
+  if (s.staged) {
+    // -EINTR also marks a read that got no result: it is done directly.
+    if (s.staged_res != -EINTR) return take_staged(s, data, n, err);
+    s.staged = false;
+  }
   if (s.ssl) {
     ERR_clear_error();
     errno = 0;
@@ -550,7 +554,6 @@ Io RelayConnection::take_staged(Side& s, const uint8_t*& data, size_t& n, int& e
     s.readable = false;
     return Io::would_block;
   }
-  if (r == -EINTR) return Io::would_block;  // still readable: the next pass reads directly
   err = static_cast<int>(-r);
   return Io::error;
 }
