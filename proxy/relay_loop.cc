@@ -176,13 +176,28 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
     bool send_queued = false;  // flush() left the send to the loop's batch
     size_t send_asked = 0;     // bytes in the batched send
     int send_error = 0;        // the batched send failed (errno); settle_sends ends the session
-    Buffer out;                // owed to this side
+    // Batched I/O with TLS (the client side): OpenSSL reads and writes
+    // memory BIOs, and the loop moves the ciphertext to and from the socket
+    // in its batches like any other bytes. Null: OpenSSL uses the socket.
+    BIO* mem_in = nullptr;  // owned by ssl
+    BIO* mem_out = nullptr;
+    Buffer cipher;  // ciphertext owed to the socket
+    size_t cipher_begin = 0;
+    bool sock_drained = false;  // memory BIOs: the socket's last read returned less than asked
+    bool sock_eof = false;      // memory BIOs: the socket reached end of stream
+    bool eof_fed = false;       // ... and OpenSSL was told so
+    int sock_err = 0;           // memory BIOs: the socket's last read failed (errno)
+    bool mem() const { return mem_in != nullptr; }
+    size_t cipher_pending() const { return cipher.size() - cipher_begin; }
+    // Something to send: plaintext not held back, or ciphertext.
+    bool has_output() const { return sendable_end() > out_begin || cipher_pending() > 0; }
+    Buffer out;  // owed to this side
     size_t out_begin = 0;
     Tag tag{};
     // Strict audit: (offset in out, record seq). Bytes from offset on are
     // not sent until that record is durable; offsets only grow.
     std::deque<std::pair<size_t, uint64_t>> holds;
-    size_t pending() const { return out.size() - out_begin; }
+    size_t pending() const { return out.size() - out_begin + cipher.size() - cipher_begin; }
     size_t sendable_end() const { return holds.empty() ? out.size() : holds.front().first; }
     void append(Bytes b) {
       // Offsets in holds index out: it is only emptied without them.
@@ -260,6 +275,13 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   // data: where the bytes are (buf, or a batched read's slot).
   Io read(Side& s, uint8_t* buf, size_t cap, const uint8_t*& data, size_t& n, int& err);
   Io take_staged(Side& s, const uint8_t*& data, size_t& n, int& err);
+  // Memory-BIO TLS (Side::mem): switch a side to it, read plaintext, and
+  // move what OpenSSL wrote to the side's ciphertext queue.
+  void use_memory_bios(Side& s);
+  Io read_tls_mem(Side& s, uint8_t* buf, size_t cap, size_t& n, int& err);
+  void absorb_socket_read(Side& s, const uint8_t* data, ssize_t res, size_t asked);
+  static void collect_cipher(Side& s);
+  Io send_cipher_now(Side& s, int& err);
   // Whether the pump reads this side now (the same tests as pump()).
   bool reads_client() const {
     const bool audit_blocked = audit_ && !audit_.fail_closed && !audit_.log->accepting();
@@ -459,6 +481,10 @@ RelayConnection::~RelayConnection() {
 }
 
 bool RelayConnection::open() {
+  // With batched I/O the client's TLS goes through memory BIOs, so its
+  // socket reads and writes join the batches. PostgreSQL's side keeps the
+  // socket BIO: the upstream pool takes it back as a plain SSL-on-socket.
+  if (loop_.batch_ && client_.ssl) use_memory_bios(client_);
   for (Side* s : {&client_, &upstream_}) {
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
@@ -488,6 +514,7 @@ Io RelayConnection::read(Side& s, uint8_t* buf, size_t cap, const uint8_t*& data
     s.carry.erase(s.carry.begin(), s.carry.begin() + static_cast<std::ptrdiff_t>(n));
     return Io::ok;
   }
+  if (s.mem()) return read_tls_mem(s, buf, cap, n, err);
   if (s.staged) {
     // -EINTR also marks a read that got no result: it is done directly.
     if (s.staged_res != -EINTR) return take_staged(s, data, n, err);
@@ -539,6 +566,122 @@ Io RelayConnection::read(Side& s, uint8_t* buf, size_t cap, const uint8_t*& data
   }
 }
 
+void RelayConnection::use_memory_bios(Side& s) {
+  BIO* in = BIO_new(BIO_s_mem());
+  BIO* out = BIO_new(BIO_s_mem());
+  if (in == nullptr || out == nullptr) {
+    BIO_free(in);
+    BIO_free(out);
+    return;  // stays on the socket BIO
+  }
+  // An empty input BIO asks OpenSSL to retry (SSL_ERROR_WANT_READ), the
+  // default for memory BIOs; say so, as the relay depends on it.
+  BIO_set_mem_eof_return(in, -1);
+  // Records OpenSSL already read ahead stay in the SSL object; the socket
+  // BIO it drops was made by SSL_set_fd with BIO_NOCLOSE.
+  SSL_set_bio(s.ssl.get(), in, out);
+  s.mem_in = in;
+  s.mem_out = out;
+}
+
+void RelayConnection::collect_cipher(Side& s) {
+  char* p = nullptr;
+  const long len = BIO_get_mem_data(s.mem_out, &p);
+  if (len <= 0) return;
+  if (s.cipher_begin > 0 && s.cipher_begin == s.cipher.size()) {
+    s.cipher.clear();
+    s.cipher_begin = 0;
+  }
+  s.cipher.insert(s.cipher.end(), p, p + len);
+  (void)BIO_reset(s.mem_out);
+}
+
+void RelayConnection::absorb_socket_read(Side& s, const uint8_t* data, ssize_t res, size_t asked) {
+  if (res > 0) {
+    BIO_write(s.mem_in, data, static_cast<int>(res));
+    s.sock_drained = static_cast<size_t>(res) < asked;
+  } else if (res == 0) {
+    s.sock_eof = true;
+  } else if (res == -EAGAIN || res == -EWOULDBLOCK) {
+    s.sock_drained = true;
+  } else if (res != -EINTR) {
+    s.sock_err = static_cast<int>(-res);
+  }
+}
+
+Io RelayConnection::read_tls_mem(Side& s, uint8_t* buf, size_t cap, size_t& n, int& err) {
+  if (s.staged) {
+    s.staged = false;
+    absorb_socket_read(s, s.staged_data, s.staged_res, s.staged_cap);
+  }
+  for (;;) {
+    ERR_clear_error();
+    errno = 0;
+    const int r = SSL_read(s.ssl.get(), buf, static_cast<int>(std::min<size_t>(cap, INT_MAX)));
+    // Reading can make OpenSSL write (an alert, a KeyUpdate answer): it
+    // goes out with the next flush.
+    collect_cipher(s);
+    if (r > 0) {
+      n = static_cast<size_t>(r);
+      // Nothing buffered anywhere and the socket found empty: the next
+      // edge says when more arrives.
+      if (s.sock_drained && BIO_ctrl_pending(s.mem_in) == 0 && SSL_has_pending(s.ssl.get()) == 0)
+        s.readable = false;
+      return Io::ok;
+    }
+    const int e = SSL_get_error(s.ssl.get(), r);
+    if (e == SSL_ERROR_ZERO_RETURN) return Io::eof;
+    if (e != SSL_ERROR_WANT_READ) {
+      err = errno != 0 ? errno : EPROTO;
+      ERR_clear_error();
+      return Io::error;
+    }
+    // OpenSSL needs more ciphertext.
+    if (s.sock_err != 0) {
+      err = s.sock_err;
+      return Io::error;
+    }
+    if (s.sock_eof) {
+      if (s.eof_fed) return Io::eof;
+      // The peer closed the socket: OpenSSL reports a clean close_notify
+      // (ZERO_RETURN) or a truncated stream (an error), as on a socket.
+      s.eof_fed = true;
+      BIO_set_mem_eof_return(s.mem_in, 0);
+      continue;
+    }
+    if (s.sock_drained) {
+      s.readable = false;
+      return Io::would_block;
+    }
+    // buf doubles as the socket buffer: BIO_write copies the ciphertext
+    // before SSL_read writes plaintext there.
+    ssize_t got = 0;
+    do {
+      got = ::recv(s.fd, buf, cap, 0);
+    } while (got < 0 && errno == EINTR);
+    absorb_socket_read(s, buf, got < 0 ? -static_cast<ssize_t>(errno) : got, cap);
+  }
+}
+
+Io RelayConnection::send_cipher_now(Side& s, int& err) {
+  while (s.cipher_pending() > 0) {
+    const ssize_t r = ::send(s.fd, s.cipher.data() + s.cipher_begin, s.cipher_pending(), MSG_NOSIGNAL);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        s.writable = false;
+        return Io::would_block;
+      }
+      err = errno;
+      return Io::error;
+    }
+    s.cipher_begin += static_cast<size_t>(r);
+  }
+  s.cipher.clear();
+  s.cipher_begin = 0;
+  return Io::ok;
+}
+
 Io RelayConnection::take_staged(Side& s, const uint8_t*& data, size_t& n, int& err) {
   s.staged = false;
   const ssize_t r = s.staged_res;
@@ -565,7 +708,8 @@ unsigned RelayConnection::stage_reads(IoBatch& batch, uint64_t conn_tag, uint8_t
   // (keep_staged), never lost.
   const std::pair<Side*, bool> sides[] = {{&client_, reads_client()}, {&upstream_, reads_upstream()}};
   for (const auto& [s, wanted] : sides) {
-    if (!wanted || used == slots_left || s->ssl || s->fd < 0 || s->staged || !s->carry.empty()) continue;
+    if (!wanted || used == slots_left || (s->ssl && !s->mem()) || s->fd < 0 || s->staged || !s->carry.empty())
+      continue;
     const uint64_t tag = (conn_tag << 1U) | (s == &upstream_ ? 1U : 0U);
     if (!batch.recv(s->fd, slot, batch_slot_size, tag)) break;
     s->staged = true;  // pending: staged_result fills it in
@@ -589,7 +733,11 @@ void RelayConnection::keep_staged() {
     s->staged = false;
     // Only bytes need keeping: an end of stream or an error is reported
     // again by the next recv, as the side is still marked readable.
-    if (s->staged_res > 0 && !closed_) {
+    if (closed_) continue;
+    if (s->mem()) {
+      // The input BIO is the carry for ciphertext.
+      absorb_socket_read(*s, s->staged_data, s->staged_res, s->staged_cap);
+    } else if (s->staged_res > 0) {
       s->carry.insert(s->carry.end(), s->staged_data, s->staged_data + s->staged_res);
     }
   }
@@ -600,20 +748,25 @@ void RelayConnection::queue_sends(IoBatch& batch, uint64_t conn_tag) {
     if (!s->send_queued) continue;
     s->send_queued = false;
     s->send_asked = 0;
-    if (closed_ || s->fd < 0 || s->dead || !s->writable || s->ssl) continue;
+    if (closed_ || s->fd < 0 || s->dead || !s->writable || (s->ssl && !s->mem())) continue;
     // As in pump(): nothing more goes to PostgreSQL while a cancel is on its
     // way; the pump queues it again once the cancel is done.
     if (s == &upstream_ && cancel_in_flight_) continue;
-    const size_t end = s->sendable_end();
-    if (end <= s->out_begin) continue;
+    const uint8_t* p = s->out.data() + s->out_begin;
+    size_t len = s->sendable_end() > s->out_begin ? s->sendable_end() - s->out_begin : 0;
+    if (s->mem()) {
+      p = s->cipher.data() + s->cipher_begin;
+      len = s->cipher_pending();
+    }
+    if (len == 0) continue;
     const uint64_t tag = (conn_tag << 1U) | (s == &upstream_ ? 1U : 0U);
-    if (!batch.send(s->fd, s->out.data() + s->out_begin, end - s->out_begin, tag)) {
+    if (!batch.send(s->fd, p, len, tag)) {
       // The batch is full: the next pass sends it.
       s->send_queued = true;
       loop_.send_queue_.push_back(shared_from_this());
       continue;
     }
-    s->send_asked = end - s->out_begin;
+    s->send_asked = len;
   }
 }
 
@@ -623,9 +776,17 @@ void RelayConnection::sent(bool upstream_side, ssize_t res) {
   s.send_asked = 0;
   if (closed_ || s.dead) return;
   if (res >= 0) {
-    s.out_begin += static_cast<size_t>(res);
     // A stream socket that took less than asked is full.
     if (static_cast<size_t>(res) < asked) s.writable = false;
+    if (s.mem()) {
+      s.cipher_begin += static_cast<size_t>(res);
+      if (s.cipher_begin == s.cipher.size()) {
+        s.cipher.clear();
+        s.cipher_begin = 0;
+      }
+      return;
+    }
+    s.out_begin += static_cast<size_t>(res);
     if (s.out_begin == s.out.size() && s.holds.empty()) {
       s.out.clear();
       s.out_begin = 0;
@@ -658,6 +819,36 @@ void RelayConnection::settle_sends() {
 }
 
 Io RelayConnection::flush(Side& s, int& err, bool defer) {
+  if (s.mem()) {
+    // Encrypt what may go (into memory: never blocks), then send the
+    // ciphertext. Backpressure still holds: pending() counts both.
+    const size_t end = s.sendable_end();
+    while (s.out_begin < end) {
+      ERR_clear_error();
+      const int r = SSL_write(s.ssl.get(), s.out.data() + s.out_begin,
+                              static_cast<int>(std::min<size_t>(end - s.out_begin, 1 << 20)));
+      if (r <= 0) {
+        err = EPROTO;
+        ERR_clear_error();
+        return Io::error;
+      }
+      s.out_begin += static_cast<size_t>(r);
+    }
+    if (s.out_begin == s.out.size() && s.holds.empty()) {
+      s.out.clear();
+      s.out_begin = 0;
+    }
+    collect_cipher(s);
+    if (s.cipher_pending() == 0) return Io::ok;
+    if (defer && loop_.batch_) {
+      if (!s.send_queued) {
+        s.send_queued = true;
+        loop_.send_queue_.push_back(shared_from_this());
+      }
+      return Io::ok;
+    }
+    return send_cipher_now(s, err);
+  }
   if (defer && !s.ssl && loop_.batch_) {
     if (!s.send_queued && s.sendable_end() > s.out_begin) {
       s.send_queued = true;
@@ -714,7 +905,7 @@ Io RelayConnection::flush(Side& s, int& err, bool defer) {
 
 void RelayConnection::update_interest(Side& s) {
   if (s.fd < 0) return;
-  const bool want = (s.sendable_end() > s.out_begin && !s.writable) || s.read_wants_write;
+  const bool want = (s.has_output() && !s.writable) || s.read_wants_write;
   if (want == s.epollout) return;
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET | (want ? EPOLLOUT : 0U);
@@ -727,6 +918,7 @@ void RelayConnection::on_event(bool upstream_side, uint32_t events) {
   Side& s = upstream_side ? upstream_ : client_;
   if ((events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0U) {
     s.readable = true;
+    s.sock_drained = false;
     if (s.write_wants_read) {
       s.write_wants_read = false;
       s.writable = true;
@@ -793,7 +985,7 @@ bool RelayConnection::pump() {
       }
       if (closed_) return false;
     }
-    if (client_.sendable_end() > client_.out_begin && client_.writable && !client_.dead) {
+    if (client_.has_output() && client_.writable && !client_.dead) {
       const size_t before = client_.pending();
       if (flush(client_, err, true) == Io::error) {
         log::debug(std::string("client connection error: ") + std::strerror(err), id_);
@@ -2148,6 +2340,11 @@ void RelayConnection::close_now() {
     ERR_clear_error();
     SSL_shutdown(client_.ssl.get());
     ERR_clear_error();
+    if (client_.mem()) {
+      collect_cipher(client_);
+      int err = 0;
+      (void)send_cipher_now(client_, err);
+    }
   }
   if (recycle_now_ && recycle_ && upstream_.fd >= 0 && !upstream_.dead && upstream_.pending() == 0) {
     epoll_ctl(loop_.epoll_fd_, EPOLL_CTL_DEL, upstream_.fd, nullptr);
