@@ -282,6 +282,9 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   void absorb_socket_read(Side& s, const uint8_t* data, ssize_t res, size_t asked);
   static void collect_cipher(Side& s);
   Io send_cipher_now(Side& s, int& err);
+  // One send(2) of a plaintext socket (EINTR retried): n bytes went, or the
+  // socket is full (writable cleared), or it failed.
+  static Io send_some(Side& s, const uint8_t* p, size_t len, size_t& n, int& err);
   // Whether the pump reads this side now (the same tests as pump()).
   bool reads_client() const {
     const bool audit_blocked = audit_ && !audit_.fail_closed && !audit_.log->accepting();
@@ -663,19 +666,30 @@ Io RelayConnection::read_tls_mem(Side& s, uint8_t* buf, size_t cap, size_t& n, i
   }
 }
 
+Io RelayConnection::send_some(Side& s, const uint8_t* p, size_t len, size_t& n, int& err) {
+  for (;;) {
+    const ssize_t r = ::send(s.fd, p, len, MSG_NOSIGNAL);
+    if (r >= 0) {
+      n = static_cast<size_t>(r);
+      return Io::ok;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      s.writable = false;
+      return Io::would_block;
+    }
+    err = errno;
+    return Io::error;
+  }
+}
+
 Io RelayConnection::send_cipher_now(Side& s, int& err) {
   while (s.cipher_pending() > 0) {
-    const ssize_t r = ::send(s.fd, s.cipher.data() + s.cipher_begin, s.cipher_pending(), MSG_NOSIGNAL);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        s.writable = false;
-        return Io::would_block;
-      }
-      err = errno;
-      return Io::error;
-    }
-    s.cipher_begin += static_cast<size_t>(r);
+    size_t n = 0;
+    if (const Io io = send_some(s, s.cipher.data() + s.cipher_begin, s.cipher_pending(), n, err);
+        io != Io::ok)
+      return io;
+    s.cipher_begin += n;
   }
   s.cipher.clear();
   s.cipher_begin = 0;
@@ -881,18 +895,8 @@ Io RelayConnection::flush(Side& s, int& err, bool defer) {
         }
       }
       n = static_cast<size_t>(r);
-    } else {
-      const ssize_t r = ::send(s.fd, p, avail, MSG_NOSIGNAL);
-      if (r < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-          s.writable = false;
-          return Io::would_block;
-        }
-        err = errno;
-        return Io::error;
-      }
-      n = static_cast<size_t>(r);
+    } else if (const Io io = send_some(s, p, avail, n, err); io != Io::ok) {
+      return io;
     }
     s.out_begin += n;
   }
