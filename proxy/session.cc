@@ -10,6 +10,8 @@
 #include "proxy/audit_chain.h"
 #include "proxy/log.h"
 #include "proxy/upstream.h"
+#include "rules/session_settings.h"
+#include "rules/startup_options.h"
 
 namespace pgcloak::proxy {
 
@@ -412,28 +414,28 @@ awaitable<std::optional<protocol::Frame>> Session::next_upstream_frame() {
 
 namespace {
 
-// Settings a client can ask for in its StartupMessage (directly or in
-// "options") that a masked login may not use: switching identity, or making
-// the server print parse trees and plans, which hold the rewritten
-// statement and with it the hash mask's key material (MASKING-THREATS.md,
-// classes 16 and 17), or changing how string literals are lexed
-// (standard_conforming_strings: pgcloak parses with standard strings).
-std::optional<std::string> masked_startup_violation(const protocol::StartupMessage& startup) {
-  auto risky = [](std::string name) {
-    for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return name == "role" || name == "session_authorization" || name.rfind("debug_", 0) == 0 ||
-           name == "standard_conforming_strings";
-  };
-  for (const auto& [name, value] : startup.parameters) {
-    if (risky(name)) return name;
-    if (name == "options") {
-      std::string v = value;
-      for (char& c : v) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      for (std::string_view bad :
-           {"role", "session_authorization", "debug_", "standard_conforming_strings"}) {
-        if (v.find(bad) != std::string::npos) return "options (" + std::string(bad) + ")";
-      }
+// What a masked login may not ask for in its StartupMessage, read as
+// PostgreSQL reads the parameters and the options string
+// (rules/startup_options.h): switching identity, making the server print
+// its parse trees and plans (which hold the rewritten statement and with it
+// the hash mask's key material), changing how string literals are lexed, a
+// client-only encoding. Anything not on the allow-list of common session
+// settings is refused (rules/session_settings.h).
+struct StartupViolation {
+  std::string setting;  // as the client spelled it
+  std::string why;
+};
+std::optional<StartupViolation> masked_startup_violation(const protocol::StartupMessage& startup) {
+  auto settings = rules::requested_settings(startup.parameters);
+  if (!settings) {
+    return StartupViolation{"options",
+                            "pgcloak reads options only as -c name=value and --name=value settings"};
+  }
+  for (const auto& s : *settings) {
+    if (s.other_switch) {
+      return StartupViolation{s.shown, "server switches other than -c and -- can turn on debugging output"};
     }
+    if (auto why = rules::masked_startup_refusal(s.name, s.value)) return StartupViolation{s.shown, *why};
   }
   return std::nullopt;
 }
@@ -447,19 +449,21 @@ awaitable<bool> Session::connect_and_authenticate() {
       auto policy = server_.policies->for_user(identity_.user);
       const bool masked = !policy || (*policy && (*policy)->masks_anything());
       if (masked) {
-        log::warn("refusing startup setting " + *bad + " for masked login \"" + identity_.user + "\"", id_);
-        audit_event("denial", {{"rule", "deny:startup-setting"}, {"setting", *bad}});
+        log::warn("refusing startup setting " + bad->setting + " for masked login \"" + identity_.user + "\"",
+                  id_);
+        audit_event("denial", {{"rule", "deny:startup-setting"}, {"setting", bad->setting}});
         if (server_.metrics) server_.metrics->on_denial("deny:startup-setting");
         if (server_.console) {
           server_.console->on_denial({std::chrono::system_clock::now(), id_, identity_.user,
                                       identity_.client_address, "deny:startup-setting",
-                                      "startup setting " + *bad + " refused for a masked login"});
+                                      "startup setting " + bad->setting + " refused for a masked login"});
         }
-        co_await send_error(
-            Error::make(sqlstate::insufficient_privilege,
-                        "pgcloak: the startup setting " + *bad + " is not allowed for role \"" +
-                            identity_.user + "\", whose data is masked",
-                        Severity::fatal, "Remove it from the connection options (PGOPTIONS)."));
+        Error e = Error::make(sqlstate::insufficient_privilege,
+                              "pgcloak: the startup setting " + bad->setting + " is not allowed for role \"" +
+                                  identity_.user + "\", whose data is masked",
+                              Severity::fatal, "Remove it from the connection options (PGOPTIONS).");
+        e.detail = "Why: " + bad->why + ".";
+        co_await send_error(e);
         co_return false;
       }
     }

@@ -1,0 +1,153 @@
+// The StartupMessage settings as PostgreSQL reads them (rules/
+// startup_options.h) and what a masked login may ask for (rules/
+// session_settings.h). Every spelling of the startup attacks in
+// docs/masking.md ("Parser differentials") must come out as the setting
+// PostgreSQL would apply.
+#include "rules/startup_options.h"
+
+#include <gtest/gtest.h>
+
+#include "rules/session_settings.h"
+
+namespace pgcloak::rules {
+namespace {
+
+using Params = std::vector<std::pair<std::string, std::string>>;
+
+std::vector<std::string> names(const std::vector<RequestedSetting>& s) {
+  std::vector<std::string> out;
+  for (const auto& r : s) out.push_back(r.name + "=" + r.value);
+  return out;
+}
+
+TEST(StartupOptionsTest, SplitsAsPgSplitOpts) {
+  using V = std::vector<std::string>;
+  EXPECT_EQ(split_startup_options(""), V{});
+  EXPECT_EQ(split_startup_options("   \t\n "), V{});
+  EXPECT_EQ(split_startup_options("-c a=b"), (V{"-c", "a=b"}));
+  EXPECT_EQ(split_startup_options("  -c   a=b\t-c\nx=y  "), (V{"-c", "a=b", "-c", "x=y"}));
+  // A backslash makes the next character literal (a space, a backslash,
+  // any letter) and disappears.
+  EXPECT_EQ(split_startup_options(R"(-c a=b\ c)"), (V{"-c", "a=b c"}));
+  EXPECT_EQ(split_startup_options(R"(-c debug\_print\_rewritten=on)"), (V{"-c", "debug_print_rewritten=on"}));
+  EXPECT_EQ(split_startup_options(R"(-c r\ole=x)"), (V{"-c", "role=x"}));
+  EXPECT_EQ(split_startup_options(R"(-c a=\\)"), (V{"-c", R"(a=\)"}));
+  EXPECT_EQ(split_startup_options(R"(a\)"), (V{"a"}));  // a trailing backslash escapes nothing
+}
+
+TEST(StartupOptionsTest, ReadsSwitchesAsProcessPostgresSwitches) {
+  auto read = [](std::string options) {
+    return requested_settings(Params{{"user", "u"}, {"options", std::move(options)}});
+  };
+  using V = std::vector<std::string>;
+  EXPECT_EQ(names(*read("-c debug_print_rewritten=on")), (V{"debug_print_rewritten=on"}));
+  EXPECT_EQ(names(*read(R"(-c debug\_print\_rewritten=on -c client_min_messages=log)")),
+            (V{"debug_print_rewritten=on", "client_min_messages=log"}));
+  EXPECT_EQ(names(*read("--debug-print-rewritten=on")), (V{"debug_print_rewritten=on"}));
+  EXPECT_EQ(names(*read("-cdebug-print-parse=on")), (V{"debug_print_parse=on"}));
+  EXPECT_EQ(names(*read("-c DEBUG_Print_Plan=on")), (V{"debug_print_plan=on"}));
+  EXPECT_EQ(names(*read(R"(-c r\ole=bi_readers)")), (V{"role=bi_readers"}));
+  EXPECT_EQ(names(*read("-c role=a=b")), (V{"role=a=b"}));
+  EXPECT_EQ(names(*read("--client-encoding=SJIS")), (V{"client_encoding=SJIS"}));
+  // The value keeps its dashes and case.
+  EXPECT_EQ(names(*read("-c application_name=A-B")), (V{"application_name=A-B"}));
+  // Grouped switches and other switches are reported, never skipped.
+  auto grouped = *read("-Ec debug_print_parse=on");
+  ASSERT_EQ(grouped.size(), 2U);
+  EXPECT_TRUE(grouped[0].other_switch);
+  EXPECT_EQ(grouped[0].name, "-E");
+  EXPECT_EQ(grouped[1].name, "debug_print_parse");
+  auto debug = *read("-d 5");
+  ASSERT_EQ(debug.size(), 1U);
+  EXPECT_TRUE(debug[0].other_switch);
+  EXPECT_EQ(debug[0].name, "-d");
+  EXPECT_EQ(debug[0].value, "5");
+  auto attached = *read("-d5 -S 64");
+  ASSERT_EQ(attached.size(), 2U);
+  EXPECT_EQ(attached[0].value, "5");
+  EXPECT_EQ(attached[1].name, "-S");
+  // What PostgreSQL refuses as a whole: nothing can be said of it.
+  for (const char* bad :
+       {"-c", "-c name", "--name", "word", "-", "--", "-- -c a=b", "-X", "-c a=b extra", "-:", "-c a=b -d"}) {
+    EXPECT_FALSE(read(bad).has_value()) << bad;
+  }
+  EXPECT_TRUE(read("").has_value());
+  EXPECT_TRUE(read("   ").has_value());
+}
+
+TEST(StartupOptionsTest, ParametersAreSettingsWithoutRegardToCase) {
+  auto s = requested_settings(Params{{"user", "u"},
+                                     {"database", "d"},
+                                     {"replication", "false"},
+                                     {"_pq_.some_option", "x"},
+                                     {"ROLE", "bi_readers"},
+                                     {"Client_Encoding", "BIG5"},
+                                     {"application_name", "psql"}});
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(names(*s),
+            (std::vector<std::string>{"role=bi_readers", "client_encoding=BIG5", "application_name=psql"}));
+  // Only the exact lower-case "options" is the command line; "OPTIONS" is
+  // a (non-existent) setting PostgreSQL refuses.
+  auto upper = requested_settings(Params{{"OPTIONS", "-c role=x"}});
+  ASSERT_TRUE(upper.has_value());
+  EXPECT_EQ(names(*upper), (std::vector<std::string>{"options=-c role=x"}));
+}
+
+TEST(SessionSettingsTest, EncodingsAsPostgresNamesThem) {
+  for (const char* e : {"SJIS", "sjis", "Shift_JIS", "SHIFT-JIS", "mskanji", "WIN932", "windows-932",
+                        "SHIFT_JIS_2004", "BIG5", "Big-5", "win950", "GBK", "CP936" /* unknown */, "win936",
+                        "UHC", "win949", "GB18030", "JOHAB"}) {
+    EXPECT_NE(encoding_reading(e), EncodingReading::same) << e;
+  }
+  EXPECT_EQ(encoding_reading("SJIS"), EncodingReading::client_only);
+  EXPECT_EQ(encoding_reading("gb-18030"), EncodingReading::client_only);
+  EXPECT_EQ(encoding_reading("CP936"), EncodingReading::unknown);
+  EXPECT_EQ(encoding_reading(""), EncodingReading::unknown);
+  EXPECT_EQ(encoding_reading("auto"), EncodingReading::unknown);
+  for (const char* e :
+       {"UTF8", "utf-8", "Unicode", "LATIN1", "ISO_8859_5", "iso-8859-15", "EUC_JP", "EUC_JIS_2004", "euc-kr",
+        "WIN1252", "windows-1251", "KOI8R", "KOI8U", "SQL_ASCII", "MULE_INTERNAL", "WIN866", "TCVN"}) {
+    EXPECT_EQ(encoding_reading(e), EncodingReading::same) << e;
+  }
+}
+
+TEST(SessionSettingsTest, MaskedStartupAllowList) {
+  for (auto [name, value] : std::vector<std::pair<const char*, const char*>>{
+           {"application_name", "psql"},
+           {"client_encoding", "UTF8"},
+           {"client_encoding", "utf-8"},
+           {"datestyle", "ISO, MDY"},
+           {"timezone", "UTC"},
+           {"extra_float_digits", "3"},
+           {"search_path", "public"},
+           {"statement_timeout", "5s"},
+           {"client_min_messages", "warning"},
+           {"standard_conforming_strings", "on"},
+       }) {
+    EXPECT_FALSE(masked_startup_refusal(name, value).has_value()) << name << "=" << value;
+  }
+  for (auto [name, value] : std::vector<std::pair<const char*, const char*>>{
+           {"role", "bi_readers"},
+           {"session_authorization", "postgres"},
+           {"debug_print_rewritten", "on"},
+           {"debug_pretty_print", "on"},
+           {"trace_sort", "on"},
+           {"client_min_messages", "log"},
+           {"client_min_messages", "debug2"},
+           {"standard_conforming_strings", "off"},
+           {"backslash_quote", "on"},
+           {"client_encoding", "SJIS"},
+           {"client_encoding", "GB18030"},
+           {"client_encoding", "nonsense"},
+           {"options", "-c role=x"},
+           {"log_statement", "all"},
+           {"work_mem_x", "1"},
+           {"pgcloak.anything", "1"},
+           {"", ""},
+       }) {
+    EXPECT_TRUE(masked_startup_refusal(name, value).has_value()) << name << "=" << value;
+  }
+}
+
+}  // namespace
+}  // namespace pgcloak::rules
