@@ -38,12 +38,14 @@ constexpr std::string_view sensitive_keywords[] = {
     "grant",   "user",     "foreign",   "server",    "mapping",       "session_authorization",
     "explain"};
 
-// Settings that make PostgreSQL send its parse trees and plans to the
-// client, or lex string literals differently from libpg_query
-// (standard_conforming_strings), and the view that sets any setting.
-constexpr std::string_view sensitive_settings[] = {"debug_print_parse", "debug_print_rewritten",
-                                                   "debug_print_plan", "standard_conforming_strings",
-                                                   "pg_settings"};
+// Settings that change how PostgreSQL reads a statement or what it tells
+// the client about the statement it ran (session_settings.h), SET NAMES
+// (client_encoding by another name), and the view that sets any setting.
+constexpr std::string_view sensitive_settings[] = {
+    "standard_conforming_strings", "backslash_quote", "client_encoding", "names",
+    "client_min_messages",         "pg_settings"};
+// Families of settings checked by prefix: parse trees and plans, traces, logs.
+constexpr std::string_view sensitive_setting_prefixes[] = {"debug_", "trace_", "log_", "wal_debug"};
 
 }  // namespace
 
@@ -290,6 +292,9 @@ bool Protection::may_be_sensitive(std::string_view sql) const {
     word.assign(sql.substr(i, j - i));
     for (char& ch : word) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     if (sensitive_words_.count(word) != 0) return true;
+    for (auto prefix : sensitive_setting_prefixes) {
+      if (std::string_view(word).substr(0, prefix.size()) == prefix) return true;
+    }
     if (find_denied_function(word) != nullptr || find_denied_relation(word) != nullptr) return true;
     i = j;
   }

@@ -6,6 +6,7 @@
 
 #include "rules/mask_sql.h"
 #include "rules/pg_tree.h"
+#include "rules/session_settings.h"
 
 namespace pgcloak::rules {
 
@@ -18,23 +19,43 @@ bool read_position(std::string_view field) {
   return field == "from_clause" || field == "using_clause" || field == "larg" || field == "rarg";
 }
 
-// SET x = on / true / yes / 1 (and only that): PostgreSQL's boolean
-// spellings of on, the value pgcloak relies on for
-// standard_conforming_strings. RESET and DEFAULT can mean off.
-bool sets_on(const PgQuery__VariableSetStmt* s) {
-  if (s->kind != PG_QUERY__VARIABLE_SET_KIND__VAR_SET_VALUE || s->n_args != 1 ||
-      s->args[0]->node_case != PG_QUERY__NODE__NODE_A_CONST) {
-    return false;
+// The value of SET name TO value as one string, the way PostgreSQL's
+// ExtractSetVariableArgs flattens a single constant. nullopt for RESET,
+// DEFAULT and FROM CURRENT, which return to (or keep) a value the session
+// already had; an empty string for a value pgcloak does not read (a list),
+// which no check takes for a safe one.
+std::optional<std::string> set_value(const PgQuery__VariableSetStmt* s) {
+  switch (s->kind) {
+    case PG_QUERY__VARIABLE_SET_KIND__VAR_SET_DEFAULT:
+    case PG_QUERY__VARIABLE_SET_KIND__VAR_RESET:
+    case PG_QUERY__VARIABLE_SET_KIND__VAR_SET_CURRENT: return std::nullopt;
+    case PG_QUERY__VARIABLE_SET_KIND__VAR_SET_VALUE: break;
+    default: return std::string();
   }
+  if (s->n_args != 1 || s->args[0]->node_case != PG_QUERY__NODE__NODE_A_CONST) return std::string();
   const PgQuery__AConst* c = s->args[0]->a_const;
-  if (c->isnull) return false;
-  if (c->val_case == PG_QUERY__A__CONST__VAL_IVAL) return c->ival != nullptr && c->ival->ival == 1;
-  if (c->val_case == PG_QUERY__A__CONST__VAL_BOOLVAL) return c->boolval != nullptr && c->boolval->boolval;
-  if (c->val_case != PG_QUERY__A__CONST__VAL_SVAL || c->sval == nullptr || c->sval->sval == nullptr)
-    return false;
-  std::string v(c->sval->sval);
-  for (char& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  return v == "on" || v == "true" || v == "yes" || v == "1";
+  if (c->isnull) return std::string();
+  switch (c->val_case) {
+    case PG_QUERY__A__CONST__VAL_IVAL: return c->ival != nullptr ? std::to_string(c->ival->ival) : "0";
+    case PG_QUERY__A__CONST__VAL_BOOLVAL: return c->boolval != nullptr && c->boolval->boolval ? "on" : "off";
+    case PG_QUERY__A__CONST__VAL_SVAL:
+      return c->sval != nullptr && c->sval->sval != nullptr ? std::string(c->sval->sval) : std::string();
+    case PG_QUERY__A__CONST__VAL_FVAL:
+      return c->fval != nullptr && c->fval->fval != nullptr ? std::string(c->fval->fval) : std::string();
+    default: return std::string();
+  }
+}
+
+// Whether an EXECUTE of a prepared statement stands anywhere below m.
+bool contains_execute(const ProtobufCMessage* m) {
+  bool found = is(m, pg_query__execute_stmt__descriptor);
+  if (!found) {
+    walk_children(m, [&](const ProtobufCMessage* c, std::string_view) {
+      if (is(c, pg_query__execute_stmt__descriptor)) found = true;
+      return !found;
+    });
+  }
+  return found;
 }
 
 // GUC names are case-insensitive: SET "ROLE" is SET role.
@@ -69,6 +90,8 @@ class Analyzer {
   // `literals` as NUL bytes; nullopt when an edit touches one.
   std::optional<std::string> splice_template(bool output,
                                              const std::vector<std::pair<size_t, size_t>>& literals) const;
+  // After run(): whether the decision depends on a constant's value (SET).
+  bool value_dependent() const { return value_dependent_; }
 
  private:
   void statement(const PgQuery__Node* node);
@@ -132,7 +155,8 @@ class Analyzer {
   };
   std::vector<Wrapped> wrapped_;
   std::vector<const PgQuery__ColumnRef*> column_refs_;
-  bool output_planned_ = false;  // plan_output_masking() filled decision_.output_*
+  bool output_planned_ = false;   // plan_output_masking() filled decision_.output_*
+  bool value_dependent_ = false;  // the decision looked at a constant's value
 };
 
 void Analyzer::refuse(std::string_view rule, std::string_view what, std::string_view why) {
@@ -357,11 +381,11 @@ void Analyzer::statement(const PgQuery__Node* node) {
                     "creating foreign tables, foreign servers, user mappings or wrappers",
                     "a foreign table can read protected tables over a connection pgcloak does not mask");
     case PG_QUERY__NODE__NODE_EXPLAIN_STMT:
-      if (node->explain_stmt->query != nullptr &&
-          node->explain_stmt->query->node_case == PG_QUERY__NODE__NODE_EXECUTE_STMT) {
+      if (node->explain_stmt->query != nullptr && contains_execute(&node->explain_stmt->query->base)) {
         // The prepared statement was rewritten: its plan shows the masking
         // expressions, HMAC keys included, and pgcloak does not know what
-        // it reads.
+        // it reads. In any nesting: EXPLAIN CREATE TABLE AS EXECUTE shows
+        // the same plan.
         return refuse("deny:explain", "EXPLAIN of a prepared statement",
                       "its plan shows the masking expressions and their keys, and estimates that can depend "
                       "on hidden values");
@@ -771,22 +795,29 @@ void Analyzer::attribute_call(std::string_view name) {
 }
 
 void Analyzer::setting(const PgQuery__VariableSetStmt* s) {
-  const std::string name = lower_ascii(s->name != nullptr ? s->name : "");
+  // The decision depends on the value, a constant: texts that differ only
+  // in it must not share one (DecisionCache).
+  value_dependent_ = true;
+  const std::string name = setting_key(s->name != nullptr ? s->name : "");
   if (name == "role" || name == "session_authorization") {
     return refuse("deny:set-role", "SET ROLE, RESET ROLE and SET SESSION AUTHORIZATION",
                   "masking follows the login role and cannot follow a switch");
   }
-  if (name.rfind("debug_print_", 0) == 0) {
-    return refuse("deny:debug-output", "setting " + name,
-                  "it sends the server's parse trees and plans to the client, with the masking expressions "
-                  "and their keys");
+  const auto value = set_value(s);
+  auto why = masked_set_refusal(name, value);
+  if (!why) return;
+  std::string_view rule = "deny:setting";
+  if (name == "standard_conforming_strings" || name == "backslash_quote") {
+    rule = "deny:string-syntax";
+  } else if (name == "client_encoding") {
+    rule = "deny:encoding";
+  } else if (name.rfind("debug_", 0) == 0 || name.rfind("trace_", 0) == 0 || name == "client_min_messages") {
+    rule = "deny:debug-output";
   }
-  if (name == "standard_conforming_strings" && !sets_on(s)) {
-    return refuse(
-        "deny:string-syntax", "turning standard_conforming_strings off",
-        "pgcloak parses statements with standard strings, as PostgreSQL does by default; with "
-        "backslash escapes PostgreSQL would read a statement differently from what pgcloak checked");
-  }
+  std::string what = "setting " + name;
+  if (name == "standard_conforming_strings") what = "turning standard_conforming_strings off";
+  if (value) what += " to " + *value;
+  refuse(rule, what, *why);
 }
 
 int Analyzer::skip_uescape(int k) {
@@ -828,10 +859,23 @@ void Analyzer::plan_output_masking(const PgQuery__SelectStmt* s, size_t first_wr
   for (size_t k = 0; k < cols.size(); ++k) {
     if (m.output_masked[k]) raw.insert(cols[k].name);
   }
-  const std::string relname = w.rv->relname;
-  // A one-field reference that names the relation is the whole row.
-  auto whole_row = [&](const std::vector<std::string>& f) {
-    return f.size() == 1 && (f.front() == w.alias || f.front() == relname);
+  // An allow-list of the references PostgreSQL reads as one stored column
+  // of this relation: `col` and `alias.col`, where col is a column of the
+  // relation and not also the alias. Anything else may be the whole row
+  // (`c`, `c.*` outside the select list, `(c).*`, `ROW(c.*)`) or a function
+  // of it in attribute notation (`c.to_jsonb` is to_jsonb(c): PostgreSQL's
+  // ParseFuncOrColumn), and a whole row holds the raw values that this
+  // plan leaves to the relay to mask: such a statement keeps the masking
+  // subquery for every column.
+  std::unordered_set<std::string> columns;
+  for (const auto& c : cols) columns.insert(c.name);
+  const std::string alias = w.alias;
+  auto plain_column = [&](const std::vector<std::string>& f) {
+    if (f.size() == 1) return columns.count(f[0]) != 0 && f[0] != alias;
+    return f.size() == 2 && f[0] == alias && columns.count(f[1]) != 0;
+  };
+  auto star = [&](const std::vector<std::string>& f) {
+    return (f.size() == 1 && f[0].empty()) || (f.size() == 2 && f[0] == alias && f[1].empty());
   };
   uint32_t fields = 0;
   for (size_t i = 0; i < s->n_target_list; ++i) {
@@ -842,24 +886,30 @@ void Analyzer::plan_output_masking(const PgQuery__SelectStmt* s, size_t first_wr
       return;
     const PgQuery__ColumnRef* cr = rt->val->column_ref;
     auto f = string_list(cr->fields, cr->n_fields);
-    if (f.empty() || whole_row(f)) return;
-    if (f.back().empty()) {  // * or alias.*
+    if (star(f)) {  // * or alias.*
       fields += static_cast<uint32_t>(raw.size());
+    } else if (!plain_column(f)) {
+      return;
     } else if (raw.count(f.back()) != 0) {
       if (rt->name != nullptr && *rt->name != '\0') return;
       ++fields;
     }
   }
   if (fields == 0) return;
+  // WHERE, ORDER BY, OFFSET and LIMIT: plain columns that are not read raw,
+  // constants, operators and functions of those; no subquery, no star, no
+  // field selection from a row.
   bool clean = true;
   auto check = [&](const ProtobufCMessage* c, std::string_view) {
     if (!clean) return false;
-    if (is(c, pg_query__sub_link__descriptor)) {
+    if (is(c, pg_query__sub_link__descriptor) || is(c, pg_query__a__indirection__descriptor) ||
+        is(c, pg_query__a__star__descriptor)) {
       clean = false;
     } else if (is(c, pg_query__column_ref__descriptor)) {
       const auto* cr = reinterpret_cast<const PgQuery__ColumnRef*>(c);
       auto f = string_list(cr->fields, cr->n_fields);
-      if (f.empty() || f.back().empty() || whole_row(f) || raw.count(f.back()) != 0) clean = false;
+      if (!plain_column(f) || raw.count(f.back()) != 0) clean = false;
+      return false;
     }
     return clean;
   };
@@ -946,6 +996,7 @@ DecisionTemplate analyze_statement_template(std::string_view sql, const SessionP
   }
   Analyzer a{std::string(sql), policy, mode};
   t.decision = a.run();
+  if (a.value_dependent()) return t;
   switch (t.decision.action) {
     case StatementDecision::Action::pass: t.shareable = true; break;
     case StatementDecision::Action::refuse: break;

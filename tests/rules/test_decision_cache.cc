@@ -106,6 +106,26 @@ TEST_F(DecisionCacheTest, RefusalsAndOtherTextsAreDecidedOnTheirOwn) {
   }
 }
 
+// The pipelined attack on the cache: SET standard_conforming_strings TO 1,
+// twice, then TO 0. The three texts share a literal skeleton, but the
+// decision depends on the value: each must be decided on its own.
+TEST_F(DecisionCacheTest, SettingsAreNeverSharedAcrossValues) {
+  DecisionCache cache(1 << 20);
+  for (const auto* policy : {support_.get(), analyst_.get()}) {
+    for (const char* sql : {"SET standard_conforming_strings TO 1", "SET standard_conforming_strings TO 1",
+                            "SET standard_conforming_strings TO 0", "SET standard_conforming_strings = 'on'",
+                            "SET standard_conforming_strings = 'off'", "SET client_encoding = 'UTF8'",
+                            "SET client_encoding = 'SJIS'", "SET client_min_messages = 'notice'",
+                            "SET client_min_messages = 'debug2'", "SET client_encoding = 'LATIN1'",
+                            "SET client_encoding = 'BIG5'"}) {
+      expect_same(*cache.decide(sql, *policy), analyze_statement(sql, *policy), sql);
+    }
+    EXPECT_EQ(cache.decide("SET standard_conforming_strings TO 0", *policy)->action, Action::refuse);
+    EXPECT_EQ(cache.decide("SET client_encoding = 'SJIS'", *policy)->action, Action::refuse);
+    EXPECT_EQ(cache.decide("SET client_min_messages = 'debug2'", *policy)->action, Action::refuse);
+  }
+}
+
 TEST_F(DecisionCacheTest, BoundedInBytes) {
   DecisionCache cache(64 * 1024);
   for (int i = 0; i < 2000; ++i) {

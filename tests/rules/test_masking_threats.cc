@@ -622,6 +622,83 @@ TEST_F(MaskingThreatsTest, Class09_NamingTricks) {
   expect_rewritten(support(), "SELECT email FROM U&\"!0063ustomers\" UESCAPE '!' AS U&\"!0063\" UESCAPE '!'");
 }
 
+// Parser differentials (docs/masking.md): settings under which PostgreSQL
+// reads a statement differently from libpg_query, or describes the
+// rewritten statement back to the client, cannot be set by a masked
+// session in any spelling.
+TEST_F(MaskingThreatsTest, ParserDifferentials_ClientOnlyEncodings) {
+  // In SJIS, BIG5, GBK, UHC, GB18030, JOHAB and SHIFT_JIS_2004 a
+  // character's second byte can be 0x5C: PostgreSQL converts first and then
+  // sees no backslash where the raw bytes show one.
+  for (const char* enc : {"SJIS",       "sjis",       "Shift_JIS",      "shift-jis",  "MSKANJI",
+                          "win932",     "windows932", "SHIFT_JIS_2004", "BIG5",       "win950",
+                          "Windows950", "GBK",        "win936",         "windows936", "UHC",
+                          "win949",     "windows949", "GB18030",        "gb-18030",   "JOHAB"}) {
+    const std::string e(enc);
+    for (const std::string& sql :
+         {"SET client_encoding = '" + e + "'", "SET client_encoding TO '" + e + "'",
+          "SET SESSION client_encoding = '" + e + "'", "SET LOCAL client_encoding = '" + e + "'",
+          "SET NAMES '" + e + "'", "SET \"client_encoding\" = '" + e + "'",
+          "SET CLIENT_ENCODING = '" + e + "'", "SET U&\"client\\005fencoding\" = '" + e + "'",
+          "ALTER DATABASE shop SET client_encoding = '" + e + "'",
+          "SELECT 1; SET client_encoding = '" + e + "'"}) {
+      refused_for_both(sql, "deny:encoding", "client_encoding");
+    }
+  }
+  // A bare word, and names PostgreSQL does not know: not guessed at.
+  refused_for_both("SET client_encoding TO sjis", "deny:encoding", "client_encoding");
+  refused_for_both("SET client_encoding = 'klingon'", "deny:encoding", "client_encoding");
+  refused_for_both("SET client_encoding = 'SJIS', 'UTF8'", "deny:encoding", "client_encoding");
+  // ASCII-safe encodings read the same; RESET returns to the start value,
+  // which the relay has vetted.
+  for (const char* sql :
+       {"SET client_encoding = 'UTF8'", "SET NAMES 'utf-8'", "SET client_encoding = 'LATIN1'",
+        "SET client_encoding TO 'EUC_JP'", "SET client_encoding = 'WIN1252'", "RESET client_encoding",
+        "SET client_encoding TO DEFAULT", "RESET ALL"}) {
+    expect_passed(support(), sql);
+    expect_passed(analyst(), sql);
+  }
+}
+
+TEST_F(MaskingThreatsTest, ParserDifferentials_StringSyntaxAndServerTraces) {
+  for (const char* sql : {"SET backslash_quote = on", "SET backslash_quote TO safe_encoding",
+                          "RESET backslash_quote", "SET standard_conforming_strings = 'o'"}) {
+    refused_for_both(sql, "deny:string-syntax", "");
+  }
+  // DEBUG and LOG messages describe the rewritten statement (with the
+  // masking keys) or how hidden values sort.
+  for (const char* sql :
+       {"SET client_min_messages = debug2", "SET client_min_messages TO 'DEBUG5'",
+        "SET client_min_messages = log", "SET LOCAL client_min_messages = debug",
+        "SET client_min_messages = 'debug1'", "SET trace_sort = on", "SET trace_locks TO true",
+        "SET TRACE_SORT = 1", "SET debug_pretty_print = off", "SET debug_print_rewritten = on",
+        "SET debug_print_plan TO 1", "SET debug_discard_caches = 0"}) {
+    refused_for_both(sql, "deny:debug-output", "setting");
+  }
+  refused_for_both("SET log_statement = 'all'", "deny:setting", "log_statement");
+  refused_for_both("SET log_min_messages = debug5", "deny:setting", "log_min_messages");
+  for (const char* sql :
+       {"SET client_min_messages = warning", "SET client_min_messages TO notice", "RESET client_min_messages",
+        "SET escape_string_warning = off", "SET search_path = public", "SET statement_timeout = 1000"}) {
+    expect_passed(support(), sql);
+  }
+}
+
+TEST_F(MaskingThreatsTest, ParserDifferentials_ExplainInAnyNesting) {
+  // EXPLAIN of a prepared (rewritten) statement shows the masking
+  // expressions and their keys, however it is reached.
+  for (const char* sql : {
+           "EXPLAIN EXECUTE p",
+           "EXPLAIN (VERBOSE) EXECUTE p(1)",
+           "EXPLAIN (VERBOSE) CREATE TEMP TABLE x AS EXECUTE p",
+           "EXPLAIN ANALYZE CREATE TABLE x AS EXECUTE p (1, 'a')",
+           "explain verbose select 1; EXPLAIN CREATE TABLE x AS EXECUTE p",
+       }) {
+    refused_for_both(sql, "deny:explain", "EXPLAIN");
+  }
+  expect_passed(support(), "EXPLAIN SELECT 1");
+}
+
 // Identifier truncation to a protected name needs a protected relation whose
 // name is 63 bytes long: the shop config plus one such table.
 class LongNameTest : public ::testing::Test {

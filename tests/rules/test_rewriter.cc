@@ -237,6 +237,64 @@ TEST_F(RewriterTest, OutputMaskingOnlyWhenRawValuesReachNothingButTheOutput) {
   EXPECT_GE(rewritten, 30);  // the others were refused for other reasons
 }
 
+// Output masking accepts only references it can prove are one stored
+// column (an allow-list): every whole-row form, and functions of the row in
+// attribute notation (c.to_jsonb is to_jsonb(c)), keep the masking subquery
+// for every column, so the row they see is masked.
+TEST_F(RewriterTest, OutputMaskingRefusesEveryWholeRowForm) {
+  for (std::string_view sql : {
+           "SELECT email, c.to_jsonb FROM customers c",
+           "SELECT email, c.row_to_json FROM customers c",
+           "SELECT email, c.to_json FROM customers c",
+           "SELECT email, c.concat FROM customers c",
+           "SELECT email, customers.to_jsonb FROM customers",
+           "SELECT email, \"c\".\"to_jsonb\" FROM customers c",
+           "SELECT email, c.hstore FROM customers c",
+           "SELECT email, c.textout FROM customers c",
+           "SELECT email FROM customers c WHERE c.to_jsonb->>'email' LIKE 'kimberly%'",
+           "SELECT email FROM customers c WHERE c.to_jsonb IS NOT NULL",
+           "SELECT email FROM customers c ORDER BY c.to_jsonb->>'email'",
+           "SELECT email FROM customers c ORDER BY c.row_to_json::text",
+           "SELECT email FROM customers c WHERE (c.to_jsonb->>'email')::int = 1",
+           "SELECT email FROM customers c WHERE id = (c.to_jsonb->>'id')::bigint",
+           "SELECT email, c FROM customers c",
+           "SELECT email FROM customers c WHERE c IS NOT NULL",
+           "SELECT email FROM customers c WHERE c::text LIKE '%@%'",
+           "SELECT email FROM customers c WHERE length(c::text) > 0",
+           "SELECT email FROM customers c WHERE (c).* IS NOT NULL",
+           "SELECT email FROM customers c WHERE (c).email IS NOT NULL",
+           "SELECT email FROM customers c WHERE (c).to_jsonb IS NOT NULL",
+           "SELECT email FROM customers c WHERE ROW(c.*) IS NOT NULL",
+           "SELECT email FROM customers c WHERE to_jsonb(c) IS NOT NULL",
+           "SELECT email FROM customers c WHERE row_to_json(c.*) IS NOT NULL",
+           "SELECT email FROM customers c ORDER BY c.*",
+           "SELECT email FROM customers c LIMIT length(c::text)",
+           "SELECT email FROM customers c WHERE c.xmin IS NOT NULL",
+           "SELECT email FROM public.customers WHERE public.customers.id = 1",
+           "SELECT email FROM customers WHERE customers IS NOT NULL",
+           "SELECT email FROM customers c WHERE c.nonexistent = 1",
+           "SELECT card_number, p.to_jsonb FROM payments p",
+           "SELECT card_number FROM payments p WHERE p.to_jsonb->>'card_number' LIKE '4%'",
+       }) {
+    SCOPED_TRACE(sql);
+    auto d = as_support(sql);
+    if (d.action == Action::refuse) continue;  // refused outright is fine too
+    expect_masked(d);
+    EXPECT_TRUE(d.output_sql.empty()) << d.output_sql;
+    EXPECT_EQ(d.output_fields, 0U);
+    EXPECT_TRUE(d.output_columns.empty());
+  }
+  // Plain columns, qualified or not, still are.
+  for (std::string_view sql : {"SELECT c.email FROM customers c WHERE c.id < 5 ORDER BY c.id",
+                               "SELECT email FROM customers WHERE customers.id = 3",
+                               "SELECT c.* FROM customers c WHERE lower(c.full_name) LIKE 'a%'"}) {
+    SCOPED_TRACE(sql);
+    auto d = as_support(sql);
+    expect_masked(d);
+    EXPECT_FALSE(d.output_sql.empty());
+  }
+}
+
 // The analyst's hash is applied in rows when a key is configured; a refused
 // column still refuses the statement.
 TEST_F(RewriterTest, OutputMaskingForHashAndRefusals) {
