@@ -25,6 +25,7 @@
 #include "rules/mask_value.h"
 #include "rules/prepared_names.h"
 #include "rules/rewriter.h"
+#include "rules/session_settings.h"
 
 namespace pgcloak::proxy {
 
@@ -107,6 +108,20 @@ constexpr std::string_view poison_sql = "pgcloak_refused_statement";
 // "Key (email)=(...) already exists." (MASKING-THREATS.md, class 6).
 bool detail_may_hold_values(std::string_view d) {
   return d.find("Failing row contains") != std::string_view::npos || d.find(")=(") != std::string_view::npos;
+}
+
+// Whether a masked session's client may see this NoticeResponse. DEBUG and
+// LOG messages (client_min_messages below NOTICE, trace_sort, the
+// debug_print_* settings) describe the statement PostgreSQL ran, which is
+// the rewritten one with the masking expressions and their keys, or how
+// its hidden values sort: only NOTICE, WARNING and INFO pass. The
+// non-localized severity ('V', PostgreSQL 9.6 and later) decides; a notice
+// without it does not pass.
+bool client_notice(Bytes body) {
+  auto nr = protocol::NoticeResponse::decode(body);
+  if (!nr) return false;
+  const std::string* v = nr->find(protocol::field::severity_nonlocalized);
+  return v != nullptr && (*v == "NOTICE" || *v == "WARNING" || *v == "INFO");
 }
 
 enum class Io { ok, would_block, eof, error };
@@ -340,6 +355,7 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
     return !output_checked_ && !expect_.empty() && expect_.front().output != nullptr;
   }
   std::shared_ptr<const rules::StatementDecision> decide(std::string_view sql);
+  std::shared_ptr<const rules::StatementDecision> reading_refusal() const;
   // defer: with batched I/O, a plaintext side's send is left to the loop's
   // batch (flush_sends) instead of being made now.
   Io flush(Side& s, int& err, bool defer = false);
@@ -434,9 +450,18 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   // Query's RowDescription was checked; rows before it are not sent.
   bool utf8_client_ = false;
   bool utf8_server_ = false;
-  // standard_conforming_strings (ParameterStatus): masked statements are
-  // refused while it is off (decide).
+  // How PostgreSQL reads this session's statements (ParameterStatus;
+  // rules/session_settings.h): masked statements are analysed only while
+  // standard_conforming_strings is on and client_encoding is ASCII-safe,
+  // and only if both were so when the session started, since RESET, RESET
+  // ALL and DISCARD ALL return to the start values (decide).
   bool standard_strings_ = true;
+  bool encoding_same_ = true;
+  bool start_standard_strings_ = true;
+  bool start_encoding_same_ = true;
+  // A masked session's reading changed in a way pgcloak refuses every route
+  // to: nothing more from PostgreSQL reaches the client (note_parameter).
+  bool sealed_ = false;
   bool output_checked_ = false;
 
   // One ReadyForQuery answers each Query, Sync and FunctionCall; counting
@@ -477,6 +502,9 @@ RelayConnection::RelayConnection(RelayLoop& loop, RelayStart start)
   utf8_client_ = start.client_encoding == "UTF8";
   utf8_server_ = start.server_encoding == "UTF8";
   standard_strings_ = start.standard_conforming_strings != "off";
+  encoding_same_ = rules::encoding_reading(start.client_encoding) == rules::EncodingReading::same;
+  start_standard_strings_ = standard_strings_;
+  start_encoding_same_ = encoding_same_;
 }
 
 RelayConnection::~RelayConnection() {
@@ -1055,25 +1083,40 @@ std::shared_ptr<const rules::StatementDecision> RelayConnection::decide(std::str
     d->refusal = *policy_.unavailable;
     return d;
   }
-  if (!standard_strings_) {
-    // A default set for the role or database by an administrator (SET,
-    // set_config, pg_settings and start-up options are refused): with
-    // backslash escapes, PostgreSQL would read string literals, and so the
-    // statement, differently from libpg_query.
-    auto d = std::make_shared<rules::StatementDecision>();
-    d->action = rules::StatementDecision::Action::refuse;
-    d->rule = "standard-strings";
-    d->refusal = Error::make(
-        sqlstate::feature_not_supported,
-        "pgcloak: masked sessions need standard_conforming_strings = on; this session has it off",
-        Severity::error,
-        "Remove the standard_conforming_strings setting for this role or database (ALTER ROLE/DATABASE ... "
-        "RESET standard_conforming_strings) and reconnect.");
-    return d;
-  }
+  if (!standard_strings_ || !start_standard_strings_ || !encoding_same_ || !start_encoding_same_)
+    return reading_refusal();
   const bool stale = hooks_.stale && hooks_.stale();
   return loop_.decisions_.decide(sql, *policy_.policy,
                                  stale ? rules::AnalysisMode::strict : rules::AnalysisMode::normal);
+}
+
+// A default set for the role or database by an administrator (SET,
+// set_config, pg_settings and start-up options are refused): PostgreSQL
+// would read string literals, and so the statement, differently from
+// libpg_query (rules/session_settings.h). Refused while the session's
+// settings or its start values (the ones RESET returns to) are such.
+std::shared_ptr<const rules::StatementDecision> RelayConnection::reading_refusal() const {
+  auto d = std::make_shared<rules::StatementDecision>();
+  d->action = rules::StatementDecision::Action::refuse;
+  if (!encoding_same_ || !start_encoding_same_) {
+    d->rule = "encoding";
+    d->refusal = Error::make(
+        sqlstate::feature_not_supported,
+        "pgcloak: masked sessions need an ASCII-safe client_encoding such as UTF8; this session started "
+        "with or uses a client-only encoding (SJIS, BIG5, GBK, UHC, GB18030, JOHAB or SHIFT_JIS_2004)",
+        Severity::error,
+        "Connect with client_encoding=UTF8, and remove any client_encoding setting for this role or database "
+        "(ALTER ROLE/DATABASE ... RESET client_encoding).");
+    return d;
+  }
+  d->rule = "standard-strings";
+  d->refusal = Error::make(
+      sqlstate::feature_not_supported,
+      "pgcloak: masked sessions need standard_conforming_strings = on; this session has it off",
+      Severity::error,
+      "Remove the standard_conforming_strings setting for this role or database (ALTER ROLE/DATABASE ... "
+      "RESET standard_conforming_strings) and reconnect.");
+  return d;
 }
 
 bool RelayConnection::from_client(Bytes chunk) {
@@ -1907,6 +1950,18 @@ void RelayConnection::result_columns(Bytes body) {
     return;
   }
   output_checked_ = true;
+  if (!utf8_client_ || !utf8_server_) {
+    // A client_encoding change in the pipe ahead of this statement took
+    // effect after it was decided: the masks in rows would not give what
+    // the SQL masks give.
+    backstop_.clear();
+    cut_statement(
+        Error::make(sqlstate::object_not_in_prerequisite_state,
+                    "pgcloak stopped this statement: the session's client_encoding changed while it "
+                    "was on its way, so no row was sent",
+                    Severity::error, "Run the statement again."));
+    return;
+  }
   const uint32_t found = backstop_columns(body, *head->output_policy, head->output.get());
   if (found == head->output->output_fields) return;
   backstop_.clear();
@@ -2020,15 +2075,37 @@ void RelayConnection::backstop_row(Bytes frame, Buffer& out) {
 
 // ParameterStatus while masking: output masking follows client_encoding,
 // the analysis standard_conforming_strings.
+//
+// A masked session never gets to an unsafe reading through a route pgcloak
+// knows (the analysis refuses them). Should PostgreSQL report one anyway,
+// the statements behind the change in the pipe were analysed under the old
+// reading: the session is ended, and nothing PostgreSQL sends after the
+// report reaches the client.
 void RelayConnection::note_parameter(Bytes body) {
   auto ps = protocol::ParameterStatus::decode(body);
   if (!ps) return;
-  if (ps->name == "client_encoding") utf8_client_ = ps->value == "UTF8";
+  if (ps->name == "client_encoding") {
+    utf8_client_ = ps->value == "UTF8";
+    encoding_same_ = rules::encoding_reading(ps->value) == rules::EncodingReading::same;
+  }
   if (ps->name == "server_encoding") utf8_server_ = ps->value == "UTF8";
   if (ps->name == "standard_conforming_strings") standard_strings_ = ps->value != "off";
+  if (masked_ && (!encoding_same_ || !standard_strings_)) {
+    sealed_ = true;
+    log::warn("PostgreSQL reported " + ps->name + " = " + ps->value +
+                  " for a masked session; ending it, as statements behind the change were analysed under the "
+                  "previous setting",
+              id_);
+    terminate_with(Error::make(
+        sqlstate::feature_not_supported,
+        "pgcloak: this masked session's " + ps->name +
+            " changed to a value under which PostgreSQL reads statements differently from pgcloak",
+        Severity::fatal, "Reconnect; masked sessions need standard_conforming_strings = on and UTF8."));
+  }
 }
 
 void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
+  if (sealed_) return;
   const Bytes body = frame.subspan(5);
   if (type == be::row_description) {
     result_columns(body);
@@ -2137,7 +2214,11 @@ void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
       return;
     }
   }
-  if (type == be::parameter_status) note_parameter(body);
+  if (type == be::parameter_status) {
+    note_parameter(body);
+    if (sealed_) return;
+  }
+  if (masked_ && type == be::notice_response && !client_notice(body)) return;
   if (masked_ && (type == be::error_response || type == be::notice_response)) {
     std::optional<protocol::NoticeFields> fields;
     if (type == be::error_response) {
@@ -2185,6 +2266,7 @@ bool RelayConnection::from_server(Bytes chunk) {
           violation = Error::protocol("invalid message type " + printable_type(type) + " from PostgreSQL");
           return protocol::FrameAction::reject;
         }
+        if (sealed_) return protocol::FrameAction::hold;  // dropped in server_frame
         ended_ready = type == be::ready_for_query;
         last_server_type_ = type;
         if (type == be::ready_for_query) return protocol::FrameAction::hold;
