@@ -1092,7 +1092,7 @@ class Generator:
                  f"SELECT {a}.to_jsonb, email FROM {frm} WHERE {w}", f"SELECT {self.derived(r, f'{a}.{c}', c)} FROM {frm} WHERE {w}",
                  f"SELECT {r.choice(AGGS).format(x=f'{a}.{c}', a=a)} FROM {frm} WHERE {w}",
                  f"SELECT email(v), phone(v) FROM customer_contacts v WHERE {w.replace(a + '.', 'v.')}",
-                 f"TABLE customer_contacts ORDER BY id DESC LIMIT 20",
+                 "TABLE customer_contacts ORDER BY id DESC LIMIT 20",
                  f"SELECT {r.choice(ERROR_CASTS).format(x=f'{a}.{c}')} FROM {frm} WHERE {w}"]
         return Program("view", [S(r.choice(forms))], twin=twin)
 
@@ -2141,7 +2141,7 @@ def format_findings(findings: list[Finding]) -> str:
 
 
 def _cli_environment(workroot: str, log):
-    import tempfile  # noqa: F401
+
 
     import certs as certs_mod
     from masking_fixture import MASK_KEY, MASK_KEY_ENV, masking_overrides
@@ -2263,7 +2263,7 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     try:
-        import psycopg  # noqa: F401
+        import psycopg  # noqa: F401 - only to know which python has it
     except ImportError:
         if sys.executable != "/usr/bin/python3" and os.path.exists("/usr/bin/python3"):
             os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
