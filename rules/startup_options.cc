@@ -1,5 +1,6 @@
 #include "rules/startup_options.h"
 
+#include <algorithm>
 #include <cctype>
 
 namespace pgcloak::rules {
@@ -119,6 +120,12 @@ std::optional<std::vector<RequestedSetting>> requested_settings(
   std::vector<RequestedSetting> out;
   for (const auto& [name, value] : parameters) {
     if (name == "options") {
+      // pg_split_opts splits with the backend's isspace(), which depends on
+      // the database's LC_CTYPE for bytes above 0x7F (0xA0 is a space in
+      // some single-byte locales): such bytes make the words uncertain.
+      if (std::any_of(value.begin(), value.end(),
+                      [](char c) { return (static_cast<unsigned char>(c) & 0x80) != 0; }))
+        return std::nullopt;
       if (!read_switches(split_startup_options(value), out)) return std::nullopt;
       continue;
     }
