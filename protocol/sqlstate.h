@@ -19,6 +19,7 @@ inline constexpr std::string_view insufficient_privilege = "42501";
 inline constexpr std::string_view invalid_parameter_value = "22023";
 inline constexpr std::string_view too_many_connections = "53300";
 inline constexpr std::string_view program_limit_exceeded = "54000";
+inline constexpr std::string_view statement_too_complex = "54001";
 inline constexpr std::string_view admin_shutdown = "57P01";
 inline constexpr std::string_view cannot_connect_now = "57P03";
 inline constexpr std::string_view idle_session_timeout = "57P05";

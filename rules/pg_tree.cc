@@ -1,10 +1,30 @@
 #include "rules/pg_tree.h"
 
 #include "protocol/error.h"
+#include "rules/parse_bounds.h"
 
 namespace pgcloak::rules {
 
+namespace {
+
+Error too_deep(size_t limit, std::string_view what) {
+  return Error::make(sqlstate::statement_too_complex,
+                     "pgcloak: the statement nests too deeply to analyse (" + std::string(what) + " " +
+                         std::to_string(limit) + ")",
+                     Severity::error, "Split the statement, or nest expressions less deeply.");
+}
+
+}  // namespace
+
 Result<std::unique_ptr<ParseTree>> ParseTree::parse(const std::string& sql) {
+  // Depth bounds first: libpg_query's and protobuf-c's recursion must never
+  // meet a statement deeper than a thread's stack (rules/parse_bounds.h).
+  if (sql.size() >= token_path_check_from) {
+    auto tokens = scan_tokens(sql);
+    if (tokens && token_nesting_bound(*tokens) > max_token_path) {
+      return too_deep(max_token_path, "more than this many tokens on one nesting path:");
+    }
+  }
   PgQueryProtobufParseResult r = pg_query_parse_protobuf(sql.c_str());
   if (r.error != nullptr) {
     std::string msg = r.error->message != nullptr ? r.error->message : "syntax error";
@@ -16,6 +36,12 @@ Result<std::unique_ptr<ParseTree>> ParseTree::parse(const std::string& sql) {
             (pos > 0 ? " (at character " + std::to_string(pos) + ")" : std::string()),
         Severity::error,
         "Sessions whose data is masked may only run statements PostgreSQL 15's parser accepts.");
+  }
+  const std::span<const uint8_t> serialized(reinterpret_cast<const uint8_t*>(r.parse_tree.data),
+                                            r.parse_tree.len);
+  if (protobuf_depth(serialized, pg_query__parse_result__descriptor, max_tree_depth) > max_tree_depth) {
+    pg_query_free_protobuf_parse_result(r);
+    return too_deep(max_tree_depth, "more levels than");
   }
   std::unique_ptr<ParseTree> tree(new ParseTree());
   tree->result_ = pg_query__parse_result__unpack(nullptr, r.parse_tree.len,
