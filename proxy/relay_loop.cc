@@ -2039,20 +2039,27 @@ void RelayConnection::backstop_row(Bytes frame, Buffer& out) {
       return malformed();
     }
     while (next < backstop_.size() && backstop_[next].index < i) ++next;
-    if (next == backstop_.size() || backstop_[next].index != i || len < 0) {
+    // A NULL (length -1) is forwarded as it came, byte for byte, like an
+    // unmasked column: NULL stays NULL under every mask (mask_sql.h), unless
+    // the rule masks NULLs too (mask_nulls), where the SQL mask would have
+    // given it redact's constant.
+    if (next == backstop_.size() || backstop_[next].index != i ||
+        (len < 0 && !backstop_[next].spec.mask_nulls)) {
       out.insert(out.end(), body.begin() + static_cast<std::ptrdiff_t>(at),
                  body.begin() + static_cast<std::ptrdiff_t>(field_end));
       at = field_end;
       continue;
     }
     const BackstopColumn& c = backstop_[next];
-    const std::string_view v(reinterpret_cast<const char*>(body.data() + at + 4), static_cast<size_t>(len));
+    const std::string_view v(reinterpret_cast<const char*>(body.data() + at + 4),
+                             len < 0 ? 0 : static_cast<size_t>(len));
     at = field_end;
     std::optional<std::string> masked;
     // Text-format values (and string types, whose binary form is the text)
     // get the configured mask; anything else becomes NULL.
     if (!c.refused && (!c.binary || rules::is_string_type(c.type))) {
-      masked = rules::mask_text_value(c.spec, c.type, v, *c.keys);
+      masked = len < 0 ? rules::mask_null_value(c.spec, c.type)
+                       : rules::mask_text_value(c.spec, c.type, v, *c.keys);
     }
     const size_t len_at = out.size();
     out.resize(len_at + 4);

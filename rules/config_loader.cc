@@ -282,16 +282,19 @@ class Walker {
 
   void string(const YAML::Node& n, std::string_view name, std::string& out) { scalar(n, name, out); }
 
-  void boolean(const YAML::Node& n, std::string_view name, bool& out) {
+  // False (and an issue) when n is not a boolean.
+  bool boolean(const YAML::Node& n, std::string_view name, bool& out) {
     std::string s;
-    if (!scalar(n, name, s)) return;
+    if (!scalar(n, name, s)) return false;
     if (s == "true" || s == "yes" || s == "on") {
       out = true;
     } else if (s == "false" || s == "no" || s == "off") {
       out = false;
     } else {
       issue(n, std::string(name) + " must be true or false, not \"" + s + "\"");
+      return false;
     }
+    return true;
   }
 
   template <class Int>
@@ -445,6 +448,29 @@ bool parse_mask_spec(Walker& w, const YAML::Node& n, const std::string& where, M
   if (*kind == MaskKind::hash || *kind == MaskKind::pseudonym) mp.keyed_rules.push_back(n);
   const std::string m = where + " (" + name + ")";
   std::vector<std::pair<std::string_view, Walker::Handler>> keys{{"mask", [](const YAML::Node&) {}}};
+  // Every mask knows the key, so that a misplaced mask_nulls gets a reason
+  // rather than "unknown key".
+  keys.push_back(
+      {"mask_nulls", [&](const YAML::Node& v) {
+         bool on = false;
+         if (!w.boolean(v, m + ".mask_nulls", on)) return;
+         if (on && !mask_nulls_supported(*kind)) {
+           // See mask_nulls_supported() for why.
+           std::string why = ": mask_nulls: true needs a mask that can give a NULL a stand-in ";
+           why += "(redact, null or custom); ";
+           if (*kind == MaskKind::allow) {
+             why += "\"allow\" shows values as stored, and a NULL is stored as NULL";
+           } else if (*kind == MaskKind::deny) {
+             why += "\"deny\" refuses the column, so there is nothing to mask";
+           } else {
+             why += "\"" + name + "\" computes from the value and a NULL has none, so the NULLs ";
+             why += "would still be recognisable. Use redact for columns whose NULL-ness is sensitive";
+           }
+           w.issue(v, m + why);
+           return;
+         }
+         spec.mask_nulls = on;
+       }});
   switch (*kind) {
     case MaskKind::partial:
       keys.push_back({"keep_first", [&](const YAML::Node& v) {

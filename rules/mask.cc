@@ -44,6 +44,10 @@ std::optional<MaskKind> mask_kind_from_string(std::string_view name) {
   return std::nullopt;
 }
 
+bool mask_nulls_supported(MaskKind kind) {
+  return kind == MaskKind::redact || kind == MaskKind::null || kind == MaskKind::custom;
+}
+
 std::string_view to_string(DatePart part) {
   switch (part) {
     case DatePart::year: return "year";

@@ -31,6 +31,17 @@ enum class MaskKind {
 std::string_view to_string(MaskKind kind);
 std::optional<MaskKind> mask_kind_from_string(std::string_view name);
 
+// Whether `mask_nulls: true` means something for a mask. A NULL has no value
+// to derive a mask from, so only masks whose output does not depend on the
+// value can make a NULL look like a non-NULL: redact (its constant), null
+// (NULL for every row already) and custom (the administrator's expression
+// receives the NULL and decides). For allow, deny and the masks computed from
+// the value (partial, email, last4, hash, pseudonym, generalize,
+// redact_patterns) it is refused: any stand-in for NULL would be one fixed
+// output that differs from every masked value, so the NULLs would still be
+// recognisable, and the option would promise what it cannot keep.
+bool mask_nulls_supported(MaskKind kind);
+
 enum class DatePart { year, month, day };
 std::string_view to_string(DatePart part);
 
@@ -61,6 +72,12 @@ struct MaskSpec {
   // custom: schema-qualified functions allowed on top of the built-in list
   // (masking.function_allowlist; the config loader fills it in).
   std::vector<std::string> allowed_functions;
+  // false (the default): a NULL stays NULL, whatever the mask, so that
+  // count(col), col IS NULL and coalesce() give the true answers. true: for
+  // columns whose NULL-ness is itself sensitive, NULL is masked too: redact
+  // gives NULL its constant, custom hands NULL to the expression. Only those
+  // masks (and null) accept it; see mask_nulls_supported().
+  bool mask_nulls = false;
 
   // A reload compares configurations: an unchanged masking section keeps the
   // running policies (and their decision caches).

@@ -76,6 +76,12 @@ std::string hmac_hex_sql(const std::array<uint8_t, 32>& key, std::string_view va
   return fn("encode", {hmac_sql(key, fn("convert_to", {as_text(value_sql), "'UTF8'"})), "'hex'"});
 }
 
+// NULL in, NULL out. A mask hides a value, not whether there is one; a
+// value in place of NULL would falsify what masked roles compute from NULLs:
+// count(col) counts the rows where col is not NULL (PostgreSQL docs,
+// "Aggregate Functions"), and col IS NULL, coalesce() and outer joins all
+// depend on it ("Comparison Functions and Operators"). Only a rule with
+// mask_nulls: true opts out (mask_sql_expression).
 std::string null_guard(std::string_view value_sql, std::string_view expr) {
   return "CASE WHEN (" + std::string(value_sql) + ") IS NULL THEN NULL ELSE " + std::string(expr) + " END";
 }
@@ -289,14 +295,30 @@ Result<std::string> mask_sql_expression(const MaskSpec& spec, const ColumnType& 
                       "set masking.hash_key_file or masking.hash_key_env");
   };
 
+  // The config loader refuses mask_nulls: true on these masks
+  // (mask_nulls_supported() says why); a spec built elsewhere fails closed.
+  if (spec.mask_nulls && !mask_nulls_supported(spec.kind)) {
+    return mask_error("mask \"" + std::string(to_string(spec.kind)) +
+                          "\" cannot mask NULLs: it has no value to compute from, so NULLs would stay "
+                          "recognisable (mask_nulls: true applies to redact, null and custom)",
+                      "remove mask_nulls or use redact");
+  }
+
   switch (spec.kind) {
     case MaskKind::allow: return cast(v, t);
     case MaskKind::deny:
       return mask_error("mask \"deny\" has no expression: queries reading the column are refused");
     case MaskKind::null: return cast("NULL", t);
-    case MaskKind::redact:
+    case MaskKind::redact: {
       if (spec.value && has_nul(*spec.value)) return mask_error("redact: value contains a NUL character");
-      return cast(redact_constant(spec, type), t);
+      const std::string constant = redact_constant(spec, type);
+      // A type without a constant reads NULL for every row: nothing to guard.
+      if (spec.mask_nulls || constant == "NULL") return cast(constant, t);
+      // The constant is cast inside the guard too, so it is read as the
+      // column's type exactly as in the bare form (an untyped literal in a
+      // CASE would otherwise resolve to text first).
+      return cast(null_guard(v, cast(constant, t)), t);
+    }
     case MaskKind::partial: {
       if (auto s = string_only(); !s) return std::move(s).error();
       if (spec.keep_first < 0 || spec.keep_last < 0 || spec.keep_first > max_partial_keep ||
@@ -370,7 +392,12 @@ Result<std::string> mask_sql_expression(const MaskSpec& spec, const ColumnType& 
         rest.remove_prefix(at + mask_value_placeholder.size());
       }
       expr += rest;
-      return cast(expr, t);
+      // With mask_nulls the expression also receives NULLs and decides what
+      // they read as (coalesce(), CASE); otherwise a NULL stays NULL however
+      // the expression would treat it. The validated template is one
+      // expression, so parentheses keep it whole inside the CASE.
+      if (spec.mask_nulls) return cast(expr, t);
+      return cast(null_guard(v, "(" + expr + ")"), t);
     }
   }
   return mask_error("unknown mask");

@@ -6,7 +6,10 @@
 // Guarantees of every generated expression:
 //  - type-preserving: CAST((...) AS <the column's type>), so RowDescription
 //    carries the same type OID and typmod;
-//  - NULL in, NULL out (except the constants of redact and null);
+//  - NULL in, NULL out, for every mask, so count(col), col IS NULL and
+//    coalesce() give the true answers; only a rule with mask_nulls: true
+//    (redact, null and custom, see mask_nulls_supported()) gives NULL the
+//    mask's constant or hands it to the custom expression;
 //  - no run-time error for any input value (an error message can print the
 //    value): only total functions, valid regexes, no division by zero;
 //  - search_path-proof: every function, operator and non-keyword type name

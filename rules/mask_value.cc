@@ -371,7 +371,10 @@ std::string mask_redact_patterns(std::string_view s) {
 }
 
 std::optional<std::string> mask_null_value(const MaskSpec& spec, const ColumnType& type) {
-  if (spec.kind == MaskKind::redact) return redact_value(spec, type);
+  // As mask_sql_expression: NULL stays NULL unless the rule masks NULLs, and
+  // of the masks that may (mask_nulls_supported()) only redact has a value
+  // for it here; null is NULL and custom has no C++ copy.
+  if (spec.mask_nulls && spec.kind == MaskKind::redact) return redact_value(spec, type);
   return std::nullopt;
 }
 

@@ -11,7 +11,8 @@
 //    expression is not possible, and NULL is the safe answer.
 // Masks that do not apply to the type (mask_sql_expression returns an error)
 // also give NULL. NULL input is the caller's business: a NULL stays NULL for
-// every mask except redact's constants, see mask_null_value().
+// every mask, unless the rule sets mask_nulls (then redact gives its
+// constant), see mask_null_value().
 #pragma once
 
 #include <optional>
@@ -25,7 +26,8 @@ namespace pgcloak::rules {
 std::optional<std::string> mask_text_value(const MaskSpec& spec, const ColumnType& type,
                                            std::string_view text_value, const MaskKeys& keys);
 
-// What the mask makes of a NULL: redact's constant, otherwise NULL.
+// What the mask makes of a NULL: NULL (nullopt), except redact's constant
+// when the rule sets mask_nulls: true.
 std::optional<std::string> mask_null_value(const MaskSpec& spec, const ColumnType& type);
 
 // The building blocks, for tests.

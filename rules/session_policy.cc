@@ -18,6 +18,9 @@ namespace {
 bool output_maskable(const MaskSpec& spec, const ColumnType& type, const MaskKeys& keys) {
   if (type.oid != type_oid::text && type.oid != type_oid::varchar && type.oid != type_oid::bpchar)
     return false;
+  // Result rows keep a NULL as NULL (relay_loop.cc forwards length -1 as it
+  // came), which is what the SQL masks do too, unless the rule masks NULLs.
+  if (spec.mask_nulls) return false;
   switch (spec.kind) {
     case MaskKind::hash:
     case MaskKind::pseudonym: return keys.present;

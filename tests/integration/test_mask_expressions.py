@@ -6,7 +6,8 @@ strings, Unicode, very long values, odd emails, card and phone numbers...),
 and the test checks that:
   - the expression keeps the column's type OID and typmod (RowDescription,
     and format_type() of a CREATE TEMP TABLE AS copy);
-  - a NULL stays NULL (except the constants of redact and null);
+  - a NULL stays NULL under every mask, and becomes the mask's constant
+    only with mask_nulls: true (issue 17);
   - no value makes it raise an error;
   - PostgreSQL's output equals the C++ implementation (mask_text_value), the
     result-row backstop, value for value;
@@ -101,12 +102,16 @@ INTEGER_TYPES = {"integer", "bigint", "smallint"}
 NUMERIC_TYPES = INTEGER_TYPES | {"numeric10_2", "numeric"}
 DATETIME_TYPES = {"date", "timestamp", "timestamptz"}
 
-# (id, rule as written in the config, category, types it applies to, keeps NULL)
+# (id, rule as written in the config, category, types it applies to, keeps
+# NULL: True = a NULL stays NULL, False = a NULL becomes a value)
 ALL = set(TYPES)
 MASKS = [
-    ("redact", "redact", "free_text", ALL, False),
-    ("redact_value", '{mask: redact, value: "[hidden]"}', "free_text", ALL, False),
+    ("redact", "redact", "free_text", ALL, True),
+    ("redact_value", '{mask: redact, value: "[hidden]"}', "free_text", ALL, True),
+    ("redact_nulls", "{mask: redact, mask_nulls: true}", "free_text", ALL, False),
+    ("redact_value_nulls", '{mask: redact, value: "[hidden]", mask_nulls: true}', "free_text", ALL, False),
     ("null", "null", "free_text", ALL, True),
+    ("null_nulls", "{mask: null, mask_nulls: true}", "free_text", ALL, True),
     ("allow", "allow", "free_text", ALL, True),
     ("partial", '{mask: partial, keep_first: 1, keep_last: 2, fill: "*"}', "phone", STRING_TYPES, True),
     ("partial_unicode_fill", '{mask: partial, keep_first: 0, keep_last: 4, fill: "•"}', "phone", STRING_TYPES,
@@ -125,9 +130,12 @@ MASKS = [
     ("generalize_day", "{mask: generalize, to: day}", "birth_date", DATETIME_TYPES, True),
     ("generalize_bucket", "{mask: generalize, bucket: 1000}", "free_text", NUMERIC_TYPES, True),
     ("generalize_bucket7", "{mask: generalize, bucket: 7}", "free_text", NUMERIC_TYPES, True),
-    ("custom", '{mask: custom, expression: "upper({value})"}', "free_text", ALL, None),
+    ("custom", '{mask: custom, expression: "upper({value})"}', "free_text", ALL, True),
+    ("custom_coalesce", '{mask: custom, expression: "coalesce({value}, \'none\')"}', "free_text", ALL, True),
+    ("custom_coalesce_nulls", '{mask: custom, expression: "coalesce({value}, \'none\')", mask_nulls: true}',
+     "free_text", ALL, False),
 ]
-NO_CPP_COPY = {"custom"}  # mask_text_value gives NULL by design
+NO_CPP_COPY = {"custom", "custom_coalesce", "custom_coalesce_nulls"}  # mask_text_value gives NULL by design
 
 
 # --- fixtures -------------------------------------------------------------------------
@@ -208,8 +216,8 @@ def cpp_values(rule: str, category: str, col, values: list[bytes | None]) -> lis
 def test_mask_on_type(db, columns, mask_id, rule, category, applies, keeps_null, type_name):
     col = columns[type_name]
     r = tool("sql", rule, category, col)
-    if type_name not in applies or (mask_id == "custom" and type_name not in STRING_TYPES):
-        if mask_id == "custom":
+    if type_name not in applies or (mask_id.startswith("custom") and type_name not in STRING_TYPES):
+        if mask_id.startswith("custom"):
             # upper() of a non-string: the template is valid; PostgreSQL decides.
             pytest.skip("custom template over a non-string column")
         assert r.returncode == 3, f"{mask_id} on {type_name} should be refused: {r.stdout}"
@@ -240,6 +248,8 @@ def test_mask_on_type(db, columns, mask_id, rule, category, applies, keeps_null,
         assert sid == mid
         if sv is None and keeps_null:
             assert mv is None, f"NULL became {mv!r}"
+        if sv is None and keeps_null is False:
+            assert mv is not None, "mask_nulls: true left a NULL apparent"
 
     if mask_id in NO_CPP_COPY:
         return

@@ -424,6 +424,77 @@ TEST(MaskingConfigTest, CustomTemplatesAreValidatedAgainstTheAllowlist) {
       has_issue(parse_masking(head + "redact\n  function_allowlist: [f]\n"), 8, "write schema.function"));
 }
 
+// Issue 17: NULL stays NULL unless a rule says mask_nulls: true, which only
+// masks that can give a NULL a stand-in accept (mask_nulls_supported()).
+TEST(MaskingConfigTest, MaskNullsIsAPerRuleOptionDefaultingToFalse) {
+  auto load = parse_masking(R"yaml(masking:
+  protected_columns:
+    - {column: public.customers.phone, category: phone}
+    - {column: public.customers.ssn, category: national_id}
+    - {column: public.customers.notes, category: free_text}
+    - {column: public.customers.birth_date, category: birth_date}
+  policies:
+    - name: p
+      roles: [r]
+      default: {mask: redact, mask_nulls: yes}
+      rules:
+        phone: redact
+        national_id: {mask: redact, value: "n/a", mask_nulls: true}
+        free_text: {mask: custom, expression: "coalesce({value}, 'none')", mask_nulls: true}
+        birth_date: {mask: null, mask_nulls: false}
+        public.customers.phone: {mask: partial, keep_last: 2, mask_nulls: false}
+)yaml");
+  ASSERT_TRUE(load.ok()) << dump(load);
+  const MaskPolicy& p = load.config.masking.policies.at(0);
+  EXPECT_TRUE(p.default_spec.mask_nulls);
+  EXPECT_FALSE(p.category_rules.at("phone").mask_nulls);  // the default
+  MaskSpec ssn = p.spec_for({"public", "customers", "ssn"}, "national_id");
+  EXPECT_TRUE(ssn.mask_nulls);
+  EXPECT_EQ(ssn.value, "n/a");
+  EXPECT_TRUE(p.spec_for({"public", "customers", "notes"}, "free_text").mask_nulls);
+  EXPECT_FALSE(p.spec_for({"public", "customers", "birth_date"}, "birth_date").mask_nulls);
+  EXPECT_FALSE(p.spec_for({"public", "customers", "phone"}, "phone").mask_nulls);
+  EXPECT_TRUE(p.spec_for({"public", "customers", "x"}, "address").mask_nulls);  // policy default
+  EXPECT_FALSE(MaskSpec::of(MaskKind::redact).mask_nulls);
+  // A reload must see the change: it is part of the compared configuration.
+  MaskSpec a = MaskSpec::of(MaskKind::redact);
+  MaskSpec b = a;
+  b.mask_nulls = true;
+  EXPECT_NE(a, b);
+}
+
+TEST(MaskingConfigTest, MaskNullsIsRefusedWhereItCannotHideNulls) {
+  const std::string head =
+      "masking:\n  hash_key_env: PGCLOAK_MASK_KEY\n"
+      "  protected_columns: [{column: a.b.c, category: free_text}]\n"
+      "  policies:\n    - name: p\n      roles: [r]\n      rules:\n        free_text: ";
+  for (const char* rule :
+       {"{mask: allow, mask_nulls: true}", "{mask: deny, mask_nulls: true}",
+        "{mask: partial, keep_last: 2, mask_nulls: true}", "{mask: email, mask_nulls: true}",
+        "{mask: last4, mask_nulls: true}", "{mask: hash, mask_nulls: true}",
+        "{mask: pseudonym, mask_nulls: true}", "{mask: generalize, to: year, mask_nulls: true}",
+        "{mask: redact_patterns, mask_nulls: true}"}) {
+    auto load = parse_masking(head + rule + "\n");
+    EXPECT_TRUE(has_issue(load, 8, "mask_nulls: true")) << rule << "\n" << dump(load);
+    EXPECT_TRUE(has_issue(load, 8, "redact, null or custom")) << rule << "\n" << dump(load);
+    EXPECT_EQ(load.issues.size(), 1U) << rule << "\n" << dump(load);
+  }
+  for (const char* rule : {"{mask: redact, mask_nulls: true}", "{mask: null, mask_nulls: true}",
+                           "{mask: custom, expression: \"upper({value})\", mask_nulls: true}",
+                           "{mask: hash, mask_nulls: false}", "{mask: allow, mask_nulls: false}"}) {
+    auto load = parse_masking(head + rule + "\n");
+    EXPECT_TRUE(load.ok()) << rule << "\n" << dump(load);
+  }
+  EXPECT_TRUE(has_issue(parse_masking(head + "{mask: redact, mask_nulls: sometimes}\n"), 8,
+                        "mask_nulls must be true or false"));
+  EXPECT_TRUE(has_issue(parse_masking(head + "{mask: redact, mask_nulls: [true]}\n"), 8, "mask_nulls"));
+  // The policy default is a rule like any other.
+  EXPECT_TRUE(
+      has_issue(parse_masking("masking:\n  default_policy: {default: {mask: hash, mask_nulls: true}}\n"
+                              "  hash_key_env: PGCLOAK_MASK_KEY\n"),
+                2, "mask_nulls: true"));
+}
+
 TEST(MaskingConfigTest, KeySourcesAreChecked) {
   const std::string hash_rule =
       "  protected_columns: [{column: a.b.c, category: email}]\n"

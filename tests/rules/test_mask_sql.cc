@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <string>
 
 namespace pgcloak::rules {
@@ -60,6 +61,13 @@ MaskSpec custom(std::string e) {
   return s;
 }
 
+MaskSpec masking_nulls(MaskSpec s) {
+  s.mask_nulls = true;
+  return s;
+}
+
+const std::string kGuard = "CASE WHEN ((t.\"col\")) IS NULL THEN NULL";
+
 TEST(QuoteTest, IdentifiersAndLiterals) {
   EXPECT_EQ(quote_ident("email"), "\"email\"");
   EXPECT_EQ(quote_ident("We\"ird"), "\"We\"\"ird\"");
@@ -93,10 +101,75 @@ TEST(MaskSqlTest, EveryExpressionIsACastToTheColumnType) {
 TEST(MaskSqlTest, NullGuardForValueMasks) {
   for (auto kind : {MaskKind::partial, MaskKind::email, MaskKind::last4, MaskKind::hash, MaskKind::pseudonym,
                     MaskKind::redact_patterns}) {
-    EXPECT_TRUE(contains(sql(MaskSpec::of(kind), kText), "CASE WHEN ((t.\"col\")) IS NULL THEN NULL"))
-        << to_string(kind);
+    EXPECT_TRUE(contains(sql(MaskSpec::of(kind), kText), kGuard)) << to_string(kind);
   }
-  EXPECT_FALSE(contains(sql(MaskSpec::of(MaskKind::redact), kText), "IS NULL"));
+  // mask_nulls: true on redact keeps the bare constant: NULL reads like a value.
+  EXPECT_FALSE(contains(sql(masking_nulls(MaskSpec::of(MaskKind::redact)), kText), "IS NULL"));
+}
+
+// Issue 17: a constant must not turn NULL into a value, or count(col),
+// col IS NULL and coalesce(col, ...) answer wrongly for masked roles.
+TEST(MaskSqlTest, NullStaysNullUnderEveryMask) {
+  EXPECT_EQ(sql(MaskSpec::of(MaskKind::redact), kText),
+            "CAST((CASE WHEN ((t.\"col\")) IS NULL THEN NULL ELSE CAST(('***') AS pg_catalog.text) END) AS "
+            "pg_catalog.text)");
+  for (const ColumnType& t :
+       {kText, kVarchar, kInt, kNumeric, kDate, kTimestamptz, kBool, kUuid, kBytea, kJsonb}) {
+    EXPECT_TRUE(sql(MaskSpec::of(MaskKind::redact), t).starts_with("CAST((" + kGuard + " ELSE CAST(("))
+        << t.sql_name;
+  }
+  MaskSpec v = MaskSpec::of(MaskKind::redact);
+  v.value = "n/a";
+  EXPECT_TRUE(contains(sql(v, kText), kGuard + " ELSE CAST(('n/a') AS pg_catalog.text) END"));
+  // A type whose constant is NULL needs no guard: every row reads NULL.
+  EXPECT_EQ(sql(MaskSpec::of(MaskKind::redact), kInet), "CAST((NULL) AS pg_catalog.inet)");
+  EXPECT_EQ(sql(MaskSpec::of(MaskKind::null), kText), "CAST((NULL) AS pg_catalog.text)");
+  // custom: the expression never sees a NULL (coalesce would make it a value).
+  EXPECT_EQ(sql(custom("coalesce({value}, 'none')"), kText),
+            "CAST((" + kGuard + " ELSE (coalesce((t.\"col\"), 'none')) END) AS pg_catalog.text)");
+  // Every other mask, on every type it applies to.
+  for (const ColumnType& t : {kText, kVarchar}) {
+    for (auto kind : {MaskKind::partial, MaskKind::email, MaskKind::last4, MaskKind::hash,
+                      MaskKind::pseudonym, MaskKind::redact_patterns}) {
+      EXPECT_TRUE(contains(sql(MaskSpec::of(kind), t), kGuard)) << to_string(kind) << " " << t.sql_name;
+    }
+  }
+  EXPECT_TRUE(contains(sql(MaskSpec::of(MaskKind::hash), kInt), kGuard));
+  EXPECT_TRUE(contains(sql(MaskSpec::of(MaskKind::hash), kNumeric), kGuard));
+  EXPECT_TRUE(contains(sql(generalize_to(DatePart::year), kDate), kGuard));
+  EXPECT_TRUE(contains(sql(generalize_to(DatePart::day), kDate), kGuard));
+  EXPECT_TRUE(contains(sql(generalize_to(DatePart::month), kTimestamptz), kGuard));
+  EXPECT_TRUE(contains(sql(generalize_bucket(10), kInt), kGuard));
+  EXPECT_EQ(sql(MaskSpec::of(MaskKind::allow), kText), "CAST(((t.\"col\")) AS pg_catalog.text)");
+}
+
+TEST(MaskSqlTest, MaskNullsGivesNullTheMaskOrIsRefused) {
+  // redact: NULL reads as the same constant as every other value.
+  EXPECT_EQ(sql(masking_nulls(MaskSpec::of(MaskKind::redact)), kText), "CAST(('***') AS pg_catalog.text)");
+  EXPECT_EQ(sql(masking_nulls(MaskSpec::of(MaskKind::redact)), kDate),
+            "CAST(('1900-01-01') AS pg_catalog.date)");
+  EXPECT_EQ(sql(masking_nulls(MaskSpec::of(MaskKind::null)), kInt), "CAST((NULL) AS integer)");
+  // custom: the expression gets the NULL and decides.
+  EXPECT_EQ(sql(masking_nulls(custom("coalesce({value}, 'none')")), kText),
+            "CAST((coalesce((t.\"col\"), 'none')) AS pg_catalog.text)");
+  // Masks computed from the value have nothing to compute for a NULL: the
+  // column is refused (fail closed) rather than shown with NULLs apparent.
+  for (const auto& spec :
+       {MaskSpec::of(MaskKind::allow), MaskSpec::of(MaskKind::partial), MaskSpec::of(MaskKind::email),
+        MaskSpec::of(MaskKind::last4), MaskSpec::of(MaskKind::hash), MaskSpec::of(MaskKind::pseudonym),
+        MaskSpec::of(MaskKind::redact_patterns), generalize_to(DatePart::year)}) {
+    const ColumnType& t = spec.kind == MaskKind::generalize ? kDate : kText;
+    Error e = err(masking_nulls(spec), t);
+    EXPECT_EQ(e.sqlstate, sqlstate::insufficient_privilege) << to_string(spec.kind);
+    EXPECT_TRUE(contains(e.message, "mask_nulls")) << e.message;
+    EXPECT_TRUE(contains(e.message, "\"" + std::string(to_string(spec.kind)) + "\"")) << e.message;
+  }
+  EXPECT_TRUE(mask_nulls_supported(MaskKind::redact));
+  EXPECT_TRUE(mask_nulls_supported(MaskKind::null));
+  EXPECT_TRUE(mask_nulls_supported(MaskKind::custom));
+  EXPECT_FALSE(mask_nulls_supported(MaskKind::hash));
+  EXPECT_FALSE(mask_nulls_supported(MaskKind::allow));
+  EXPECT_FALSE(mask_nulls_supported(MaskKind::deny));
 }
 
 TEST(MaskSqlTest, FunctionsAndOperatorsAreQualified) {
@@ -110,20 +183,30 @@ TEST(MaskSqlTest, FunctionsAndOperatorsAreQualified) {
 }
 
 TEST(MaskSqlTest, RedactConstantsPerType) {
-  EXPECT_EQ(sql(MaskSpec::of(MaskKind::redact), kText), "CAST(('***') AS pg_catalog.text)");
-  MaskSpec v = MaskSpec::of(MaskKind::redact);
-  v.value = "it's hidden";
-  EXPECT_EQ(sql(v, kText), "CAST(('it''s hidden') AS pg_catalog.text)");
-  EXPECT_EQ(sql(MaskSpec::of(MaskKind::redact), kInt), "CAST((0) AS integer)");
-  EXPECT_EQ(sql(MaskSpec::of(MaskKind::redact), kNumeric), "CAST((0) AS numeric(10,2))");
-  EXPECT_EQ(sql(MaskSpec::of(MaskKind::redact), kDate), "CAST(('1900-01-01') AS pg_catalog.date)");
-  EXPECT_EQ(sql(MaskSpec::of(MaskKind::redact), kBool), "CAST((false) AS boolean)");
-  EXPECT_EQ(sql(MaskSpec::of(MaskKind::redact), kUuid),
-            "CAST(('00000000-0000-0000-0000-000000000000') AS pg_catalog.uuid)");
-  EXPECT_EQ(sql(MaskSpec::of(MaskKind::redact), kBytea),
-            "CAST((pg_catalog.decode('', 'hex')) AS pg_catalog.bytea)");
-  EXPECT_EQ(sql(MaskSpec::of(MaskKind::redact), kJsonb), "CAST(('{}') AS pg_catalog.jsonb)");
+  // With mask_nulls the constant stands alone; without it, the same constant
+  // sits in the ELSE branch of the NULL guard.
+  auto redact = [](const ColumnType& t, std::string constant, std::optional<std::string> value = {}) {
+    MaskSpec s = MaskSpec::of(MaskKind::redact);
+    s.value = std::move(value);
+    const std::string bare = "CAST((" + constant + ") AS " + cast_type_name(t) + ")";
+    EXPECT_EQ(sql(masking_nulls(s), t), bare);
+    EXPECT_EQ(sql(s, t), "CAST((" + kGuard + " ELSE " + bare + " END) AS " + cast_type_name(t) + ")");
+  };
+  redact(kText, "'***'");
+  redact(kText, "'it''s hidden'", "it's hidden");
+  redact(kInt, "0");
+  redact(kNumeric, "0");
+  redact(kDate, "'1900-01-01'");
+  redact(kBool, "false");
+  redact(kUuid, "'00000000-0000-0000-0000-000000000000'");
+  redact(kBytea, "pg_catalog.decode('', 'hex')");
+  redact(kJsonb, "'{}'");
+  EXPECT_EQ(sql(masking_nulls(MaskSpec::of(MaskKind::redact)), kText), "CAST(('***') AS pg_catalog.text)");
+  EXPECT_EQ(sql(masking_nulls(MaskSpec::of(MaskKind::redact)), kInt), "CAST((0) AS integer)");
+  EXPECT_EQ(sql(masking_nulls(MaskSpec::of(MaskKind::redact)), kNumeric), "CAST((0) AS numeric(10,2))");
+  EXPECT_EQ(sql(masking_nulls(MaskSpec::of(MaskKind::redact)), kBool), "CAST((false) AS boolean)");
   EXPECT_EQ(sql(MaskSpec::of(MaskKind::redact), kInet), "CAST((NULL) AS pg_catalog.inet)");
+  EXPECT_EQ(sql(masking_nulls(MaskSpec::of(MaskKind::redact)), kInet), "CAST((NULL) AS pg_catalog.inet)");
   EXPECT_EQ(sql(MaskSpec::of(MaskKind::null), kInt), "CAST((NULL) AS integer)");
 }
 
@@ -219,8 +302,11 @@ TEST(MaskSqlTest, DenyHasNoExpressionAndKeyedMasksNeedAKey) {
 }
 
 TEST(MaskSqlTest, CustomTemplateIsSubstitutedAndCast) {
-  EXPECT_EQ(sql(custom("upper({value}) || '-' || lower({value})"), kText),
+  EXPECT_EQ(sql(masking_nulls(custom("upper({value}) || '-' || lower({value})")), kText),
             "CAST((upper((t.\"col\")) || '-' || lower((t.\"col\"))) AS pg_catalog.text)");
+  EXPECT_EQ(
+      sql(custom("upper({value}) || '-' || lower({value})"), kText),
+      "CAST((" + kGuard + " ELSE (upper((t.\"col\")) || '-' || lower((t.\"col\"))) END) AS pg_catalog.text)");
   EXPECT_FALSE(mask_sql_expression(custom("pg_sleep(1)"), kText, "v", kKeys).ok());
 }
 

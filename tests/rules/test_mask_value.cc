@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 namespace pgcloak::rules {
 namespace {
@@ -114,11 +115,59 @@ TEST(MaskValueTest, RedactConstantsPerType) {
   EXPECT_EQ(mask(of(MaskKind::redact), type_of(type_oid::boolean, "boolean", 'B'), "t"), "f");
   EXPECT_EQ(mask(of(MaskKind::redact), type_of(type_oid::bytea, "bytea", 'U'), "\\x01"), "\\x");
   EXPECT_EQ(mask(of(MaskKind::redact), type_of(869, "inet", 'I'), "10.0.0.1"), std::nullopt);
-  EXPECT_EQ(mask_null_value(of(MaskKind::redact), kText), "***");
+  MaskSpec redact_nulls = of(MaskKind::redact);
+  redact_nulls.mask_nulls = true;
+  EXPECT_EQ(mask_null_value(redact_nulls, kText), "***");
   EXPECT_EQ(mask_null_value(of(MaskKind::email), kText), std::nullopt);
   EXPECT_EQ(mask(of(MaskKind::null), kText, "x"), std::nullopt);
   EXPECT_EQ(mask(of(MaskKind::deny), kText, "x"), std::nullopt);
   EXPECT_EQ(mask(of(MaskKind::allow), kText, "x"), "x");
+}
+
+// Issue 17: NULL stays NULL in result rows too (output masking and the
+// backstop ask mask_null_value() what a NULL becomes), unless the rule sets
+// mask_nulls: true; then it is what the SQL mask gives a NULL.
+TEST(MaskValueTest, NullStaysNullUnlessMaskNulls) {
+  const ColumnType kBool = type_of(type_oid::boolean, "boolean", 'B');
+  MaskSpec c = of(MaskKind::custom);
+  c.expression = "coalesce({value}, 'none')";
+  std::vector<MaskSpec> specs{of(MaskKind::allow),
+                              of(MaskKind::deny),
+                              of(MaskKind::redact),
+                              of(MaskKind::null),
+                              of(MaskKind::partial),
+                              of(MaskKind::email),
+                              of(MaskKind::last4),
+                              of(MaskKind::hash),
+                              of(MaskKind::pseudonym),
+                              to(DatePart::year),
+                              bucket(10),
+                              of(MaskKind::redact_patterns),
+                              c};
+  MaskSpec v = of(MaskKind::redact);
+  v.value = "n/a";
+  specs.push_back(v);
+  for (const auto& spec : specs) {
+    for (const ColumnType& t : {kText, kVarchar5, kChar6, kInt4, kNumeric10_2, kDate, kTimestamptz, kBool}) {
+      EXPECT_EQ(mask_null_value(spec, t), std::nullopt) << to_string(spec.kind) << " on " << t.sql_name;
+    }
+  }
+  auto nulls = [](MaskSpec s) {
+    s.mask_nulls = true;
+    return s;
+  };
+  // redact: the same constant a non-NULL gets, per type.
+  for (const ColumnType& t : {kText, kVarchar5, kChar6, kInt4, kNumeric10_2, kDate, kTimestamptz, kBool}) {
+    EXPECT_EQ(mask_null_value(nulls(of(MaskKind::redact)), t), mask(of(MaskKind::redact), t, "x"))
+        << t.sql_name;
+  }
+  EXPECT_EQ(mask_null_value(nulls(of(MaskKind::redact)), kChar6), "***   ");
+  EXPECT_EQ(mask_null_value(nulls(v), kText), "n/a");
+  EXPECT_EQ(mask_null_value(nulls(of(MaskKind::redact)), kDate), "1900-01-01");
+  EXPECT_EQ(mask_null_value(nulls(of(MaskKind::redact)), type_of(869, "inet", 'I')), std::nullopt);
+  // null stays NULL; custom has no C++ copy, so NULL as for any value.
+  EXPECT_EQ(mask_null_value(nulls(of(MaskKind::null)), kText), std::nullopt);
+  EXPECT_EQ(mask_null_value(nulls(c), kText), std::nullopt);
 }
 
 TEST(MaskValueTest, CharNLosesTrailingBlanksThenPads) {
