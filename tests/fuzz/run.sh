@@ -17,7 +17,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 build="$root/build-fuzz"
 corpus="$root/tests/fuzz/corpus"
 artifacts="$root/tests/fuzz/artifacts"
-targets=(fuzz_startup fuzz_frontend fuzz_backend)
+targets=(fuzz_startup fuzz_frontend fuzz_backend fuzz_analysis)
 
 generator=()
 if command -v ninja >/dev/null; then generator=(-G Ninja); fi
@@ -40,7 +40,13 @@ for target in "${targets[@]}"; do
   log="$scratch/$target.log"
   echo "== $target: ${seconds}s on $(ls "$work" | wc -l) seeds"
   # -timeout: a single input taking over 10 s is a hang, reported as a failure.
-  if "$build/tests/fuzz/$target" "$work" \
+  # fuzz_analysis: longer inputs and a dictionary of deeply nesting
+  # constructs, since nesting depth is what crashed the analysis.
+  extra=()
+  if [[ $target == fuzz_analysis ]]; then
+    extra=(-dict="$root/tests/fuzz/analysis.dict" -max_len=16384)
+  fi
+  if "$build/tests/fuzz/$target" "$work" "${extra[@]}" \
       -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
       -print_final_stats=1 -artifact_prefix="$artifacts/$target-" >"$log" 2>&1; then
     grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb|stat::new_units_added)' \
