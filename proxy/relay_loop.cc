@@ -457,6 +457,9 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   // ALL and DISCARD ALL return to the start values (decide).
   bool standard_strings_ = true;
   bool encoding_same_ = true;
+  // Non-ASCII bytes in statements spell names as the catalog does (UTF8, or
+  // SQL_ASCII, which PostgreSQL does not convert).
+  bool names_in_utf8_ = true;
   bool start_standard_strings_ = true;
   bool start_encoding_same_ = true;
   // A masked session's reading changed in a way pgcloak refuses every route
@@ -503,6 +506,7 @@ RelayConnection::RelayConnection(RelayLoop& loop, RelayStart start)
   utf8_server_ = start.server_encoding == "UTF8";
   standard_strings_ = start.standard_conforming_strings != "off";
   encoding_same_ = rules::encoding_reading(start.client_encoding) == rules::EncodingReading::same;
+  names_in_utf8_ = utf8_client_ || start.client_encoding == "SQL_ASCII";
   start_standard_strings_ = standard_strings_;
   start_encoding_same_ = encoding_same_;
 }
@@ -1085,6 +1089,21 @@ std::shared_ptr<const rules::StatementDecision> RelayConnection::decide(std::str
   }
   if (!standard_strings_ || !start_standard_strings_ || !encoding_same_ || !start_encoding_same_)
     return reading_refusal();
+  if (!names_in_utf8_ && policy_.policy->protection().has_non_ascii_names() &&
+      std::any_of(sql.begin(), sql.end(),
+                  [](char c) { return (static_cast<unsigned char>(c) & 0x80) != 0; })) {
+    // The catalog's names are UTF-8; in another client encoding a
+    // protected name with a byte above 0x7F is spelled with other bytes,
+    // which the analysis would not match and PostgreSQL would.
+    auto d = std::make_shared<rules::StatementDecision>();
+    d->action = rules::StatementDecision::Action::refuse;
+    d->rule = "encoding";
+    d->refusal = Error::make(sqlstate::feature_not_supported,
+                             "pgcloak: in this database protected names have non-ASCII characters, so masked "
+                             "sessions must send statements with non-ASCII characters in UTF8",
+                             Severity::error, "SET client_encoding = 'UTF8' (or connect with it) and retry.");
+    return d;
+  }
   const bool stale = hooks_.stale && hooks_.stale();
   return loop_.decisions_.decide(sql, *policy_.policy,
                                  stale ? rules::AnalysisMode::strict : rules::AnalysisMode::normal);
@@ -2093,6 +2112,7 @@ void RelayConnection::note_parameter(Bytes body) {
   if (!ps) return;
   if (ps->name == "client_encoding") {
     utf8_client_ = ps->value == "UTF8";
+    names_in_utf8_ = utf8_client_ || ps->value == "SQL_ASCII";  // SQL_ASCII: not converted
     encoding_same_ = rules::encoding_reading(ps->value) == rules::EncodingReading::same;
   }
   if (ps->name == "server_encoding") utf8_server_ = ps->value == "UTF8";

@@ -247,6 +247,9 @@ std::shared_ptr<const Protection> Protection::build(std::shared_ptr<const Maskin
 
   // The pre-check's vocabulary.
   auto add_name = [&](const std::string& name) {
+    if (std::any_of(name.begin(), name.end(),
+                    [](char c) { return (static_cast<unsigned char>(c) & 0x80) != 0; }))
+      p->non_ascii_names_ = true;
     std::string l = lower_ascii(name);
     if (plain_word(l)) {
       p->sensitive_words_.insert(l);
@@ -258,6 +261,13 @@ std::shared_ptr<const Protection> Protection::build(std::shared_ptr<const Maskin
   for (const auto& f : cat.user_function_names) add_name(f);
   for (const auto& t : cat.user_cast_target_types) add_name(t);
   for (const auto& o : cat.user_operator_names) p->sensitive_substrings_.push_back(o);
+  for (const auto& rp : p->relations_) {
+    for (const auto& c : rp.relation->columns) {
+      if (std::any_of(c.name.begin(), c.name.end(),
+                      [](char ch) { return (static_cast<unsigned char>(ch) & 0x80) != 0; }))
+        p->non_ascii_names_ = true;
+    }
+  }
   for (auto k : sensitive_keywords) p->sensitive_words_.insert(std::string(k));
   for (auto k : sensitive_settings) p->sensitive_words_.insert(std::string(k));
   return p;

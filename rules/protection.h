@@ -56,6 +56,12 @@ class Protection {
   // words inside literals and comments count too, and anything odd
   // (Unicode-escaped identifiers, over-long names) counts as sensitive.
   bool may_be_sensitive(std::string_view sql) const;
+  // Whether a name the analysis matches (a protected relation or a
+  // dependent view, a function, a cast target type, an operator) has a
+  // byte above 0x7F. The catalog's names are UTF-8; a statement sent in
+  // another client encoding spells such a name with other bytes, which
+  // pgcloak would not recognise and PostgreSQL would (after conversion).
+  bool has_non_ascii_names() const { return non_ascii_names_; }
 
   // Configured protected columns that do not exist in the database (typos,
   // dropped tables): logged at load.
@@ -69,6 +75,7 @@ class Protection {
   std::unordered_multimap<std::string, size_t> by_name_;
   std::unordered_set<std::string> sensitive_words_;
   std::vector<std::string> sensitive_substrings_;  // names that are not plain words, operators
+  bool non_ascii_names_ = false;
 };
 
 // Built-in functions and relations a masked session may never use, with the

@@ -351,3 +351,49 @@ def test_startup_settings_clients_use_are_accepted(masked_proxy):
         assert pgwire.rows(w.simple_query("SELECT current_user")) == [[b"support"]]
     with wire(masked_proxy, "analyst", {"client_encoding": "utf-8"}) as w:
         assert pgwire.rows(w.simple_query("SELECT current_user")) == [[b"analyst"]]
+
+
+# --- names outside ASCII in another client encoding -------------------------------------
+
+@pytest.fixture
+def accented_proxy(pgcloak, shop, monkeypatch):
+    """A protected table whose name has a non-ASCII letter (kundén)."""
+    with shop.admin() as adm:
+        adm.execute('CREATE TABLE public."kundén" (id int, adresse text)')
+        adm.execute("""INSERT INTO public."kundén" VALUES (1, 'Rue Secrète 12345')""")
+        adm.execute('GRANT SELECT ON public."kundén" TO support_team, analytics_team')
+    monkeypatch.setenv(MASK_KEY_ENV, MASK_KEY)
+    overrides = masking_overrides(shop.dbname)
+    overrides["masking"] = dict(overrides["masking"])
+    overrides["masking"]["protected_columns"] = overrides["masking"]["protected_columns"] + [
+        {"column": "public.kundén.adresse", "category": "address"}]
+    try:
+        proxy = pgcloak(**overrides)
+        with _connect(proxy, "support") as c:
+            wait_for_masking(c)
+        yield proxy
+    finally:
+        with shop.admin() as adm:
+            adm.execute('DROP TABLE public."kundén"')
+
+
+def test_non_ascii_protected_names_need_utf8(accented_proxy):
+    secret = "Rue Secrète 12345".encode("latin-1")
+    for role in ROLES:
+        # In LATIN1 the name is spelled kund\xe9n; PostgreSQL converts it to
+        # the catalog's UTF-8 name, pgcloak would not have recognised it.
+        with wire(accented_proxy, role, {"client_encoding": "LATIN1"}) as w:
+            for sql in (b"SELECT adresse || '' FROM kund\xe9n", b'SELECT upper(adresse) FROM "kund\xe9n"',
+                        b"SELECT adresse FROM kund\xe9n", b"SELECT * FROM public.kund\xe9n",
+                        b"SELECT count(*) FROM kund\xe9n WHERE adresse LIKE 'Rue Secr%'"):
+                w.send(raw_query(sql))
+                data, msgs = read_all(w, 1)
+                assert secret.upper() not in data.upper(), (role, sql)
+                assert [e.get("C") for e in pgwire.errors(msgs)] == ["0A000"], (sql, pgwire.errors(msgs))
+            # ASCII-only statements are not affected.
+            assert pgwire.rows(w.simple_query("SELECT 1")) == [[b"1"]]
+        # In UTF8 the name matches and the column is masked.
+        with wire(accented_proxy, role) as w:
+            msgs = w.simple_query('SELECT adresse FROM "kundén"')
+            assert not pgwire.errors(msgs)
+            assert b"Rue Secr" not in b"".join(m.body for m in msgs)
