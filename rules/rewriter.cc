@@ -58,15 +58,6 @@ bool contains_execute(const ProtobufCMessage* m) {
   return found;
 }
 
-// GUC names are case-insensitive: SET "ROLE" is SET role.
-std::string lower_ascii(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  }
-  return out;
-}
-
 // A name copied into a splice must not comment out what follows it: a
 // trailing "-- comment" runs to the end of the line.
 std::string end_line_comment(std::string text) {
@@ -356,7 +347,7 @@ void Analyzer::statement(const PgQuery__Node* node) {
       // The database's default for a setting applies to every later session
       // (ALTER ROLE ... SET is refused above).
       if (node->alter_database_set_stmt->setstmt != nullptr) {
-        const auto name = lower_ascii(node->alter_database_set_stmt->setstmt->name != nullptr
+        const auto name = setting_key(node->alter_database_set_stmt->setstmt->name != nullptr
                                           ? node->alter_database_set_stmt->setstmt->name
                                           : "");
         if (name == "role" || name == "session_authorization") {

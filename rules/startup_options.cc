@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cctype>
 
+#include "rules/session_settings.h"
+
 namespace pgcloak::rules {
 
 namespace {
@@ -18,21 +20,13 @@ bool startup_keyword(std::string_view name) {
          name.substr(0, 5) == "_pq_.";
 }
 
-std::string lower_ascii(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  }
-  return out;
-}
-
 // ParseLongOption (src/backend/utils/misc/guc.c): the name runs to the first
 // '=', with every '-' in it read as '_'. nullopt without '=': PostgreSQL
 // refuses "-c name" and "--name" with no value.
 std::optional<std::pair<std::string, std::string>> long_option(std::string_view arg) {
   const size_t eq = arg.find('=');
   if (eq == std::string_view::npos) return std::nullopt;
-  std::string name = lower_ascii(arg.substr(0, eq));
+  std::string name = setting_key(arg.substr(0, eq));
   for (char& c : name) {
     if (c == '-') c = '_';
   }
@@ -130,7 +124,7 @@ std::optional<std::vector<RequestedSetting>> requested_settings(
       continue;
     }
     if (startup_keyword(name)) continue;
-    out.push_back({lower_ascii(name), value, name, false});
+    out.push_back({setting_key(name), value, name, false});
   }
   return out;
 }
