@@ -22,7 +22,7 @@ using namespace pgcloak::rules;  // NOLINT(google-build-using-namespace)
 
 // NOLINTNEXTLINE(readability-identifier-naming): the name libFuzzer calls.
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const auto protection = testing::shop_protection();
+  static const auto protection = pgcloak::testing::shop_protection();
   static const SessionPolicy support(protection, "support");
   static const SessionPolicy analyst(protection, "analyst");
   const std::string sql(reinterpret_cast<const char*>(data), size);
