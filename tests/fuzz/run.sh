@@ -44,7 +44,7 @@ for target in "${targets[@]}"; do
   # constructs, since nesting depth is what crashed the analysis.
   extra=()
   if [[ $target == fuzz_analysis ]]; then
-    extra=(-dict="$root/tests/fuzz/analysis.dict" -max_len=16384)
+    extra=(-dict="$root/tests/fuzz/analysis.dict" -max_len=16384 -len_control=0)
   fi
   if "$build/tests/fuzz/$target" "$work" "${extra[@]}" \
       -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
