@@ -1,6 +1,7 @@
 #include "protocol/startup.h"
 
 #include <string>
+#include <unordered_set>
 
 namespace pgcloak::protocol {
 
@@ -71,10 +72,16 @@ Result<StartupMessage> StartupMessage::decode(Bytes body) {
                        Severity::fatal);
   }
   // name\0value\0 pairs, ended by a single \0 that must be the last byte.
+  // A name may appear once: PostgreSQL takes the last "user" (and applies
+  // every setting in order), so a proxy that reads one occurrence and lets
+  // the server read another would decide on a login that is not the one
+  // that runs (ProcessStartupPacket, src/backend/postmaster/postmaster.c).
+  std::unordered_set<std::string_view> seen;
   for (;;) {
     std::string_view name;
     if (!r.cstring(name)) return malformed("parameter list is not terminated");
     if (name.empty()) break;
+    if (!seen.insert(name).second) return malformed("parameter " + quoted(name) + " appears more than once");
     std::string_view value;
     if (!r.cstring(value)) return malformed("parameter " + quoted(name) + " has no value");
     m.parameters.emplace_back(std::string(name), std::string(value));

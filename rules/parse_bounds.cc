@@ -19,12 +19,24 @@ bool separator(PgQuery__Token kind) {
   }
 }
 
+// Brackets, and CASE ... END, whose WHEN/THEN/ELSE separate only its own
+// branches: a chain of `+ CASE ... END` nests one level per step.
 bool opens(PgQuery__Token kind) {
-  return kind == PG_QUERY__TOKEN__ASCII_40 || kind == PG_QUERY__TOKEN__ASCII_91;  // ( [
+  return kind == PG_QUERY__TOKEN__ASCII_40 || kind == PG_QUERY__TOKEN__ASCII_91 ||  // ( [
+         kind == PG_QUERY__TOKEN__CASE;
 }
 
 bool closes(PgQuery__Token kind) {
-  return kind == PG_QUERY__TOKEN__ASCII_41 || kind == PG_QUERY__TOKEN__ASCII_93;  // ) ]
+  return kind == PG_QUERY__TOKEN__ASCII_41 || kind == PG_QUERY__TOKEN__ASCII_93 ||  // ) ]
+         kind == PG_QUERY__TOKEN__END_P;
+}
+
+// Left-recursive rules whose steps hold separators of their own: each
+// SELECT of a UNION chain has its select list and WHERE clause, each JOIN
+// its ON condition. They nest one level per step across separators.
+bool chains_across_separators(PgQuery__Token kind) {
+  return kind == PG_QUERY__TOKEN__UNION || kind == PG_QUERY__TOKEN__INTERSECT ||
+         kind == PG_QUERY__TOKEN__EXCEPT || kind == PG_QUERY__TOKEN__JOIN;
 }
 
 // Protobuf's base-128 varint (protobuf encoding docs, "Base 128 Varints").
@@ -42,25 +54,35 @@ bool read_varint(std::span<const uint8_t> b, size_t& at, uint64_t& out) {
 }  // namespace
 
 size_t token_nesting_bound(const std::vector<Token>& tokens) {
-  std::vector<size_t> since_separator{0};
-  size_t path = 0;
+  // Per open bracket: tokens since the last separator, and chain steps
+  // that no separator ends.
+  struct Level {
+    size_t since_separator = 0;
+    size_t chain = 0;
+  };
+  std::vector<Level> levels(1);
+  size_t path = 0;  // the sum of both counts over the open levels
   size_t deepest = 0;
   for (const Token& t : tokens) {
     if (separator(t.kind)) {
-      path -= since_separator.back();
-      since_separator.back() = 0;
+      path -= levels.back().since_separator;
+      levels.back().since_separator = 0;
       continue;
     }
     if (closes(t.kind)) {
-      if (since_separator.size() > 1) {
-        path -= since_separator.back();
-        since_separator.pop_back();
+      if (levels.size() > 1) {
+        path -= levels.back().since_separator + levels.back().chain;
+        levels.pop_back();
       }
       continue;
     }
-    ++since_separator.back();
+    if (chains_across_separators(t.kind)) {
+      ++levels.back().chain;
+    } else {
+      ++levels.back().since_separator;
+    }
     ++path;
-    if (opens(t.kind)) since_separator.push_back(0);
+    if (opens(t.kind)) levels.emplace_back();
     deepest = std::max(deepest, path);
   }
   return deepest;

@@ -37,11 +37,13 @@ inline constexpr size_t max_token_path = 10000;
 // they are not scanned twice.
 inline constexpr size_t token_path_check_from = 16 * 1024;
 
-// An upper bound on how deep the parse tree of `tokens` can nest beyond
-// what the grammar's own stack allows: per bracket level, the tokens since
-// the last separator at that level (`,` `;` AND OR WHEN THEN ELSE, which
-// separate list items whose trees are siblings), summed over the open
-// brackets.
+// An estimate, from above, of how deep the parse tree of `tokens` can nest
+// beyond what the grammar's own stack allows: per bracket level (brackets
+// and CASE ... END), the tokens since the last separator at that level
+// (`,` `;` AND OR WHEN THEN ELSE, which separate list items whose trees are
+// siblings) plus the UNION, INTERSECT, EXCEPT and JOIN steps at that level
+// (left-recursive chains whose steps hold separators), summed over the
+// open levels.
 size_t token_nesting_bound(const std::vector<Token>& tokens);
 
 // How deeply messages nest in a serialized protobuf message of type

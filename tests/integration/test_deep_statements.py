@@ -35,6 +35,10 @@ def deep_statements() -> dict[str, str]:
         "subqueries": "SELECT " + "(SELECT " * 3000 + "1" + ")" * 3000,
         "union chain": "SELECT 1" + " UNION SELECT 1" * 5000,
         "reads customers": "SELECT email" + " || 'x'" * 5000 + " FROM customers",
+        # Chains whose steps hold separators (a red-team pass crashed pgcloak
+        # with the first one).
+        "case operands": "SELECT 1" + "+CASE WHEN true THEN 1 END" * 30000 + " FROM customers",
+        "union with lists": "SELECT 1, 2" + " UNION SELECT 1, 2 WHERE true AND true" * 20000,
     }
 
 

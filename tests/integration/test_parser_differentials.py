@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import subprocess
 
 import psycopg
@@ -411,3 +412,20 @@ def test_non_ascii_protected_names_need_utf8(accented_proxy):
             msgs = w.simple_query('SELECT adresse FROM "kundén"')
             assert not pgwire.errors(msgs)
             assert b"Rue Secr" not in b"".join(m.body for m in msgs)
+
+
+# --- a startup parameter given twice -----------------------------------------------------
+
+@pytest.mark.parametrize("first", ["admin", "app"])
+@pytest.mark.parametrize("role", ROLES)
+def test_duplicate_user_parameter_refused(masked_proxy, first, role):
+    """PostgreSQL keeps the last `user`: pgcloak took the first, picked the
+    unmasked policy of `admin`, while PostgreSQL ran the masked login."""
+    body = struct.pack("!i", 3 << 16) + b"user\0" + first.encode() + b"\0database\0shop\0user\0" + role.encode() + b"\0\0"
+    with pgwire.PgWire(masked_proxy.host, masked_proxy.port) as w:
+        w.send(struct.pack("!i", len(body) + 4) + body)
+        m = w.read_message()
+        assert m.type == b"E", m
+        fields = pgwire.parse_error_fields(m.body)
+        assert fields.get("C") == "08P01", fields
+        assert "appears more than once" in fields.get("M", ""), fields

@@ -194,6 +194,37 @@ TEST(StartupMessage, ParameterNameInErrorIsEscapedAndCapped) {
   EXPECT_NE(long_name.error().message.find("...\" has no value"), std::string::npos);
 }
 
+// PostgreSQL keeps the last "user": a second one made pgcloak pick the
+// policy of the first login while PostgreSQL ran the second, unmasked.
+TEST(StartupMessage, DuplicateParametersAreRefused) {
+  for (const char* name : {"user", "database", "options", "client_encoding", "application_name"}) {
+    SCOPED_TRACE(name);
+    expect_protocol_error(decode_packet(RawMessage::untyped()
+                                            .u32(v3_0)
+                                            .str(name)
+                                            .str("a")
+                                            .str("x")
+                                            .str("y")
+                                            .str(name)
+                                            .str("b")
+                                            .u8(0)
+                                            .bytes()),
+                          "appears more than once");
+  }
+  // Names differing in case are different parameters to PostgreSQL too.
+  auto ok = decode_packet(RawMessage::untyped()
+                              .u32(v3_0)
+                              .str("user")
+                              .str("a")
+                              .str("USER")
+                              .str("b")
+                              .str("role")
+                              .str("c")
+                              .u8(0)
+                              .bytes());
+  ASSERT_TRUE(ok.ok());
+}
+
 TEST(StartupMessage, BytesAfterTerminator) {
   expect_protocol_error(
       decode_packet(RawMessage::untyped().u32(v3_0).str("user").str("bob").u8(0).u8(0).bytes()),

@@ -37,6 +37,9 @@ std::vector<std::pair<std::string, std::string>> deep_statements(size_t n) {
       {"subqueries", "SELECT " + repeat("(SELECT ", n) + "1" + repeat(")", n)},
       {"UNION chain", "SELECT 1" + repeat(" UNION SELECT 1", n)},
       {"JOIN chain", "SELECT 1 FROM t0" + repeat(" JOIN t0 USING (id)", n)},
+      {"CASE operands", "SELECT 1" + repeat("+CASE WHEN true THEN 1 END", n)},
+      {"UNION with lists", "SELECT 1, 2" + repeat(" UNION SELECT 1, 2 WHERE a AND b", n)},
+      {"JOIN with conditions", "SELECT 1 FROM t" + repeat(" JOIN t ON a = 1 AND b = 2", n)},
   };
 }
 
@@ -66,6 +69,13 @@ TEST(ParseBoundsTest, TokenBoundFollowsNestingNotLength) {
   EXPECT_GE(bound("SELECT " + repeat("(", 5000) + "1" + repeat(")", 5000)), 5000U);
   EXPECT_GE(bound("SELECT 1" + repeat(" UNION SELECT 1", 5000)), 5000U);
   EXPECT_GE(bound("SELECT " + repeat("f(", 3000) + "1" + repeat(")", 3000)), 3000U);
+  // Chains whose steps hold separators of their own (found by a red-team
+  // pass: these crashed libpg_query with the separators counted as ends).
+  EXPECT_GE(bound("SELECT 1" + repeat("+CASE WHEN true THEN 1 END", 30000)), 30000U);
+  EXPECT_GE(bound("SELECT 1, 2" + repeat(" UNION SELECT 1, 2 WHERE a AND b", 20000)), 20000U);
+  EXPECT_GE(bound("SELECT 1 FROM t" + repeat(" JOIN t ON a = 1 AND b = 2", 20000)), 20000U);
+  // CASE branches are siblings.
+  EXPECT_LT(bound("SELECT CASE " + repeat("WHEN x = 1 THEN a + 1 ", 20000) + "END"), 10U);
   // Unbalanced brackets never underflow.
   EXPECT_LT(bound("SELECT ))) 1"), 10U);
 }
@@ -113,13 +123,17 @@ TEST(ParseBoundsTest, DeepStatementsAreRefusedWith54001) {
       });
     }
   }
-  // 1 MB of one operator chain: refused before libpg_query parses it.
-  const std::string huge = "SELECT 1" + repeat("+1", 500000);
-  on_thread([&] {
-    auto t = ParseTree::parse(huge);
-    ASSERT_FALSE(t.ok());
-    EXPECT_EQ(t.error().sqlstate, sqlstate::statement_too_complex);
-  });
+  // 1 MB chains: refused before libpg_query parses them.
+  for (const std::string& huge :
+       {"SELECT 1" + repeat("+1", 500000),
+        "SELECT 1" + repeat("+CASE WHEN true THEN 1 END", 40000) + " FROM customers",
+        "SELECT 1, 2" + repeat(" UNION SELECT 1, 2", 60000)}) {
+    on_thread([&] {
+      auto t = ParseTree::parse(huge);
+      ASSERT_FALSE(t.ok());
+      EXPECT_EQ(t.error().sqlstate, sqlstate::statement_too_complex);
+    });
+  }
 }
 
 TEST(ParseBoundsTest, OrdinaryAndWideStatementsStillParse) {
