@@ -461,7 +461,8 @@ awaitable<bool> Session::connect_and_authenticate() {
         Error e = Error::make(sqlstate::insufficient_privilege,
                               "pgcloak: the startup setting " + bad->setting + " is not allowed for role \"" +
                                   identity_.user + "\", whose data is masked",
-                              Severity::fatal, "Remove it from the connection options (PGOPTIONS).");
+                              Severity::fatal,
+                              "Remove it from the connection parameters (PGOPTIONS, PGCLIENTENCODING, ...).");
         e.detail = "Why: " + bad->why + ".";
         co_await send_error(e);
         co_return false;
