@@ -355,7 +355,6 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
     return !output_checked_ && !expect_.empty() && expect_.front().output != nullptr;
   }
   std::shared_ptr<const rules::StatementDecision> decide(std::string_view sql);
-  std::shared_ptr<const rules::StatementDecision> reading_refusal() const;
   // defer: with batched I/O, a plaintext side's send is left to the loop's
   // batch (flush_sends) instead of being made now.
   Io flush(Side& s, int& err, bool defer = false);
@@ -451,17 +450,9 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
   bool utf8_client_ = false;
   bool utf8_server_ = false;
   // How PostgreSQL reads this session's statements (ParameterStatus;
-  // rules/session_settings.h): masked statements are analysed only while
-  // standard_conforming_strings is on and client_encoding is ASCII-safe,
-  // and only if both were so when the session started, since RESET, RESET
-  // ALL and DISCARD ALL return to the start values (decide).
-  bool standard_strings_ = true;
-  bool encoding_same_ = true;
-  // Non-ASCII bytes in statements spell names as the catalog does (UTF8, or
-  // SQL_ASCII, which PostgreSQL does not convert).
-  bool names_in_utf8_ = true;
-  bool start_standard_strings_ = true;
-  bool start_encoding_same_ = true;
+  // rules/session_settings.h): masked statements are analysed only under
+  // the reading pgcloak shares with it (decide).
+  rules::SessionReading reading_;
   // A masked session's reading changed in a way pgcloak refuses every route
   // to: nothing more from PostgreSQL reaches the client (note_parameter).
   bool sealed_ = false;
@@ -504,11 +495,9 @@ RelayConnection::RelayConnection(RelayLoop& loop, RelayStart start)
   client_.out = std::move(start.to_client);
   utf8_client_ = start.client_encoding == "UTF8";
   utf8_server_ = start.server_encoding == "UTF8";
-  standard_strings_ = start.standard_conforming_strings != "off";
-  encoding_same_ = rules::encoding_reading(start.client_encoding) == rules::EncodingReading::same;
-  names_in_utf8_ = utf8_client_ || start.client_encoding == "SQL_ASCII";
-  start_standard_strings_ = standard_strings_;
-  start_encoding_same_ = encoding_same_;
+  reading_.note("client_encoding", start.client_encoding);
+  reading_.note("standard_conforming_strings", start.standard_conforming_strings);
+  reading_.set_start();
 }
 
 RelayConnection::~RelayConnection() {
@@ -1087,55 +1076,16 @@ std::shared_ptr<const rules::StatementDecision> RelayConnection::decide(std::str
     d->refusal = *policy_.unavailable;
     return d;
   }
-  if (!standard_strings_ || !start_standard_strings_ || !encoding_same_ || !start_encoding_same_)
-    return reading_refusal();
-  if (!names_in_utf8_ && policy_.policy->protection().has_non_ascii_names() &&
-      std::any_of(sql.begin(), sql.end(),
-                  [](char c) { return (static_cast<unsigned char>(c) & 0x80) != 0; })) {
-    // The catalog's names are UTF-8; in another client encoding a
-    // protected name with a byte above 0x7F is spelled with other bytes,
-    // which the analysis would not match and PostgreSQL would.
+  if (auto r = rules::reading_refusal(reading_, sql, policy_.policy->protection())) {
     auto d = std::make_shared<rules::StatementDecision>();
     d->action = rules::StatementDecision::Action::refuse;
-    d->rule = "encoding";
-    d->refusal = Error::make(sqlstate::feature_not_supported,
-                             "pgcloak: in this database protected names have non-ASCII characters, so masked "
-                             "sessions must send statements with non-ASCII characters in UTF8",
-                             Severity::error, "SET client_encoding = 'UTF8' (or connect with it) and retry.");
+    d->rule = std::move(r->rule);
+    d->refusal = std::move(r->error);
     return d;
   }
   const bool stale = hooks_.stale && hooks_.stale();
   return loop_.decisions_.decide(sql, *policy_.policy,
                                  stale ? rules::AnalysisMode::strict : rules::AnalysisMode::normal);
-}
-
-// A default set for the role or database by an administrator (SET,
-// set_config, pg_settings and start-up options are refused): PostgreSQL
-// would read string literals, and so the statement, differently from
-// libpg_query (rules/session_settings.h). Refused while the session's
-// settings or its start values (the ones RESET returns to) are such.
-std::shared_ptr<const rules::StatementDecision> RelayConnection::reading_refusal() const {
-  auto d = std::make_shared<rules::StatementDecision>();
-  d->action = rules::StatementDecision::Action::refuse;
-  if (!encoding_same_ || !start_encoding_same_) {
-    d->rule = "encoding";
-    d->refusal = Error::make(
-        sqlstate::feature_not_supported,
-        "pgcloak: masked sessions need an ASCII-safe client_encoding such as UTF8; this session started "
-        "with or uses a client-only encoding (SJIS, BIG5, GBK, UHC, GB18030, JOHAB or SHIFT_JIS_2004)",
-        Severity::error,
-        "Connect with client_encoding=UTF8, and remove any client_encoding setting for this role or database "
-        "(ALTER ROLE/DATABASE ... RESET client_encoding).");
-    return d;
-  }
-  d->rule = "standard-strings";
-  d->refusal = Error::make(
-      sqlstate::feature_not_supported,
-      "pgcloak: masked sessions need standard_conforming_strings = on; this session has it off",
-      Severity::error,
-      "Remove the standard_conforming_strings setting for this role or database (ALTER ROLE/DATABASE ... "
-      "RESET standard_conforming_strings) and reconnect.");
-  return d;
 }
 
 bool RelayConnection::from_client(Bytes chunk) {
@@ -2110,14 +2060,11 @@ void RelayConnection::backstop_row(Bytes frame, Buffer& out) {
 void RelayConnection::note_parameter(Bytes body) {
   auto ps = protocol::ParameterStatus::decode(body);
   if (!ps) return;
-  if (ps->name == "client_encoding") {
-    utf8_client_ = ps->value == "UTF8";
-    names_in_utf8_ = utf8_client_ || ps->value == "SQL_ASCII";  // SQL_ASCII: not converted
-    encoding_same_ = rules::encoding_reading(ps->value) == rules::EncodingReading::same;
-  }
+  if (ps->name == "client_encoding") utf8_client_ = ps->value == "UTF8";
   if (ps->name == "server_encoding") utf8_server_ = ps->value == "UTF8";
-  if (ps->name == "standard_conforming_strings") standard_strings_ = ps->value != "off";
-  if (masked_ && (!encoding_same_ || !standard_strings_)) {
+  const bool was_unsafe = reading_.unsafe_now();
+  reading_.note(ps->name, ps->value);
+  if (masked_ && !was_unsafe && reading_.unsafe_now()) {
     sealed_ = true;
     log::warn("PostgreSQL reported " + ps->name + " = " + ps->value +
                   " for a masked session; ending it, as statements behind the change were analysed under the "
@@ -2127,7 +2074,9 @@ void RelayConnection::note_parameter(Bytes body) {
         sqlstate::feature_not_supported,
         "pgcloak: this masked session's " + ps->name +
             " changed to a value under which PostgreSQL reads statements differently from pgcloak",
-        Severity::fatal, "Reconnect; masked sessions need standard_conforming_strings = on and UTF8."));
+        Severity::fatal,
+        "Reconnect; masked sessions need standard_conforming_strings = on and a client_encoding such as "
+        "UTF8."));
   }
 }
 

@@ -35,7 +35,7 @@ inline constexpr size_t max_tree_depth = 2000;
 inline constexpr size_t max_token_path = 10000;
 // Shorter statements cannot nest deep enough to matter to libpg_query, so
 // they are not scanned twice.
-inline constexpr size_t token_path_check_from = 16 * 1024;
+inline constexpr size_t token_path_check_from = size_t{16} * 1024;
 
 // An estimate, from above, of how deep the parse tree of `tokens` can nest
 // beyond what the grammar's own stack allows: per bracket level (brackets

@@ -178,4 +178,52 @@ std::optional<std::string> masked_startup_refusal(std::string_view name, std::st
   return masked_set_refusal(name, value);
 }
 
+void SessionReading::note(std::string_view name, std::string_view value) {
+  if (name == "client_encoding") {
+    encoding_same = encoding_reading(value) == EncodingReading::same;
+    names_in_utf8 = value == "UTF8" || value == "SQL_ASCII";
+  } else if (name == "standard_conforming_strings") {
+    standard_strings = value != "off";
+  }
+}
+
+std::optional<ReadingRefusal> reading_refusal(const SessionReading& reading, std::string_view sql,
+                                              const Protection& protection) {
+  if (!reading.standard_strings || !reading.start_standard_strings) {
+    return ReadingRefusal{
+        "standard-strings",
+        Error::make(sqlstate::feature_not_supported,
+                    "pgcloak: masked sessions need standard_conforming_strings = on; this session has it off",
+                    Severity::error,
+                    "Remove the standard_conforming_strings setting for this role or database (ALTER "
+                    "ROLE/DATABASE ... RESET standard_conforming_strings) and reconnect.")};
+  }
+  if (!reading.encoding_same || !reading.start_encoding_same) {
+    return ReadingRefusal{
+        "encoding",
+        Error::make(
+            sqlstate::feature_not_supported,
+            "pgcloak: masked sessions need an ASCII-safe client_encoding such as UTF8; this session "
+            "started with or uses a client-only encoding (SJIS, BIG5, GBK, UHC, GB18030, JOHAB or "
+            "SHIFT_JIS_2004)",
+            Severity::error,
+            "Connect with client_encoding=UTF8, and remove any client_encoding setting for this role or "
+            "database (ALTER ROLE/DATABASE ... RESET client_encoding).")};
+  }
+  const auto high = [](char c) { return (static_cast<unsigned char>(c) & 0x80) != 0; };
+  if (!reading.names_in_utf8 && protection.has_non_ascii_names() &&
+      std::any_of(sql.begin(), sql.end(), high)) {
+    // The catalog's names are UTF-8; in another client encoding a
+    // protected name with a byte above 0x7F is spelled with other bytes,
+    // which the analysis would not match and PostgreSQL would.
+    return ReadingRefusal{
+        "encoding",
+        Error::make(sqlstate::feature_not_supported,
+                    "pgcloak: in this database protected names have non-ASCII characters, so masked "
+                    "sessions must send statements with non-ASCII characters in UTF8",
+                    Severity::error, "SET client_encoding = 'UTF8' (or connect with it) and retry.")};
+  }
+  return std::nullopt;
+}
+
 }  // namespace pgcloak::rules

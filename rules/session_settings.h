@@ -25,6 +25,9 @@
 #include <string>
 #include <string_view>
 
+#include "protocol/error.h"
+#include "rules/protection.h"
+
 namespace pgcloak::rules {
 
 enum class EncodingReading {
@@ -53,5 +56,41 @@ std::optional<std::string> masked_set_refusal(std::string_view name, std::option
 // An allow-list: startup settings are few and well known, and anything
 // else a login asks for at startup is refused rather than understood.
 std::optional<std::string> masked_startup_refusal(std::string_view name, std::string_view value);
+
+// How PostgreSQL reads a session's statements, as its ParameterStatus
+// messages reported it, now and at the session's start (the values RESET,
+// RESET ALL and DISCARD ALL return to).
+struct SessionReading {
+  bool standard_strings = true;
+  bool encoding_same = true;  // client_encoding reads as pgcloak does (ASCII-safe)
+  bool start_standard_strings = true;
+  bool start_encoding_same = true;
+  // Statement bytes above 0x7F spell names as the catalog does: UTF8, or
+  // SQL_ASCII, which PostgreSQL does not convert.
+  bool names_in_utf8 = true;
+
+  // Follows a ParameterStatus (name, value); set_start() after the
+  // session's first ones.
+  void note(std::string_view name, std::string_view value);
+  void set_start() {
+    start_standard_strings = standard_strings;
+    start_encoding_same = encoding_same;
+  }
+  // What PostgreSQL reads differently from pgcloak now, whatever the
+  // statement: a reading pgcloak refuses every route to.
+  bool unsafe_now() const { return !standard_strings || !encoding_same; }
+};
+
+struct ReadingRefusal {
+  std::string rule;  // "standard-strings" or "encoding"
+  Error error;
+};
+
+// Why a masked session's statement `sql` cannot be analysed under
+// `reading`, or nullopt: standard strings off, or a client-only encoding,
+// now or at the start (0A000); bytes above 0x7F outside UTF8 when a name
+// the analysis matches is not ASCII (Protection::has_non_ascii_names).
+std::optional<ReadingRefusal> reading_refusal(const SessionReading& reading, std::string_view sql,
+                                              const Protection& protection);
 
 }  // namespace pgcloak::rules

@@ -715,15 +715,7 @@ class LongNameTest : public ::testing::Test {
     const std::string anchor = "  protected_columns:\n";
     yaml.insert(yaml.find(anchor) + anchor.size(),
                 "    - {column: public." + std::string(long_name) + ".secret, category: free_text}\n");
-    rules::SecretSources secrets;
-    secrets.read_file = [](const std::string&) { return std::optional<std::string>(); };
-    secrets.get_env = [](const std::string&) {
-      return std::optional<std::string>("test-mask-key-test-mask-key-test-mask-key");
-    };
-    auto load = rules::parse_config(yaml, secrets);
-    ASSERT_TRUE(load.ok()) << load.format("long");
-    auto cfg = std::make_shared<rules::MaskingConfig>(load.config.masking);
-    protection_ = Protection::build(cfg, cat);
+    protection_ = testing::protection_from(yaml, cat);
     support_ = std::make_unique<SessionPolicy>(protection_, "support");
   }
   std::shared_ptr<const Protection> protection_;

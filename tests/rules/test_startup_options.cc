@@ -1,13 +1,10 @@
 // The StartupMessage settings as PostgreSQL reads them (rules/
-// startup_options.h) and what a masked login may ask for (rules/
-// session_settings.h). Every spelling of the startup attacks in
+// startup_options.h). Every spelling of the startup attacks in
 // docs/masking.md ("Parser differentials") must come out as the setting
 // PostgreSQL would apply.
 #include "rules/startup_options.h"
 
 #include <gtest/gtest.h>
-
-#include "rules/session_settings.h"
 
 namespace pgcloak::rules {
 namespace {
@@ -95,62 +92,6 @@ TEST(StartupOptionsTest, ParametersAreSettingsWithoutRegardToCase) {
   auto upper = requested_settings(Params{{"OPTIONS", "-c role=x"}});
   ASSERT_TRUE(upper.has_value());
   EXPECT_EQ(names(*upper), (std::vector<std::string>{"options=-c role=x"}));
-}
-
-TEST(SessionSettingsTest, EncodingsAsPostgresNamesThem) {
-  for (const char* e : {"SJIS", "sjis", "Shift_JIS", "SHIFT-JIS", "mskanji", "WIN932", "windows-932",
-                        "SHIFT_JIS_2004", "BIG5", "Big-5", "win950", "GBK", "CP936" /* unknown */, "win936",
-                        "UHC", "win949", "GB18030", "JOHAB"}) {
-    EXPECT_NE(encoding_reading(e), EncodingReading::same) << e;
-  }
-  EXPECT_EQ(encoding_reading("SJIS"), EncodingReading::client_only);
-  EXPECT_EQ(encoding_reading("gb-18030"), EncodingReading::client_only);
-  EXPECT_EQ(encoding_reading("CP936"), EncodingReading::unknown);
-  EXPECT_EQ(encoding_reading(""), EncodingReading::unknown);
-  EXPECT_EQ(encoding_reading("auto"), EncodingReading::unknown);
-  for (const char* e :
-       {"UTF8", "utf-8", "Unicode", "LATIN1", "ISO_8859_5", "iso-8859-15", "EUC_JP", "EUC_JIS_2004", "euc-kr",
-        "WIN1252", "windows-1251", "KOI8R", "KOI8U", "SQL_ASCII", "MULE_INTERNAL", "WIN866", "TCVN"}) {
-    EXPECT_EQ(encoding_reading(e), EncodingReading::same) << e;
-  }
-}
-
-TEST(SessionSettingsTest, MaskedStartupAllowList) {
-  for (auto [name, value] : std::vector<std::pair<const char*, const char*>>{
-           {"application_name", "psql"},
-           {"client_encoding", "UTF8"},
-           {"client_encoding", "utf-8"},
-           {"datestyle", "ISO, MDY"},
-           {"timezone", "UTC"},
-           {"extra_float_digits", "3"},
-           {"search_path", "public"},
-           {"statement_timeout", "5s"},
-           {"client_min_messages", "warning"},
-           {"standard_conforming_strings", "on"},
-       }) {
-    EXPECT_FALSE(masked_startup_refusal(name, value).has_value()) << name << "=" << value;
-  }
-  for (auto [name, value] : std::vector<std::pair<const char*, const char*>>{
-           {"role", "bi_readers"},
-           {"session_authorization", "postgres"},
-           {"debug_print_rewritten", "on"},
-           {"debug_pretty_print", "on"},
-           {"trace_sort", "on"},
-           {"client_min_messages", "log"},
-           {"client_min_messages", "debug2"},
-           {"standard_conforming_strings", "off"},
-           {"backslash_quote", "on"},
-           {"client_encoding", "SJIS"},
-           {"client_encoding", "GB18030"},
-           {"client_encoding", "nonsense"},
-           {"options", "-c role=x"},
-           {"log_statement", "all"},
-           {"work_mem_x", "1"},
-           {"pgcloak.anything", "1"},
-           {"", ""},
-       }) {
-    EXPECT_TRUE(masked_startup_refusal(name, value).has_value()) << name << "=" << value;
-  }
 }
 
 }  // namespace

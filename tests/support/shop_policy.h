@@ -130,16 +130,22 @@ catalog:
   dbname: shop
 )";
 
-inline std::shared_ptr<const rules::Protection> shop_protection() {
+// A masking config (the shop's, or one built from it) over a catalog.
+inline std::shared_ptr<const rules::Protection> protection_from(
+    std::string_view yaml, std::shared_ptr<const rules::Catalog> catalog) {
   rules::SecretSources secrets;
   secrets.read_file = [](const std::string&) { return std::optional<std::string>(); };
   secrets.get_env = [](const std::string&) {
     return std::optional<std::string>("test-mask-key-test-mask-key-test-mask-key");
   };
-  auto load = rules::parse_config(shop_masking_yaml, secrets);
+  auto load = rules::parse_config(std::string(yaml), secrets);
   EXPECT_TRUE(load.ok()) << load.format("shop");
   auto cfg = std::make_shared<rules::MaskingConfig>(load.config.masking);
-  return rules::Protection::build(cfg, shop_catalog());
+  return rules::Protection::build(cfg, std::move(catalog));
+}
+
+inline std::shared_ptr<const rules::Protection> shop_protection() {
+  return protection_from(shop_masking_yaml, shop_catalog());
 }
 
 }  // namespace pgcloak::testing
