@@ -259,15 +259,6 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
     uint64_t bytes = 0;
     std::optional<std::vector<std::optional<std::string>>> parameters;
   };
-  struct Expectation {
-    Expect kind;
-    std::optional<Error> refusal;  // set = poisoned: replace its error with this
-    std::shared_ptr<AuditPending> audit = {};
-    // A Query sent as its decision's output_sql (output masking), and the
-    // policy that decided it: its result rows are masked here.
-    std::shared_ptr<const rules::StatementDecision> output = {};
-    std::shared_ptr<const rules::SessionPolicy> output_policy = {};
-  };
   // What the audit records of later Bind/Execute messages need to know
   // about a prepared statement or portal, as the client defined it.
   struct AuditSource {
@@ -280,11 +271,31 @@ class RelayConnection : public std::enable_shared_from_this<RelayConnection> {
     std::optional<std::vector<std::optional<std::string>>> parameters;
     bool defined = false;  // set by set_audit_source (an unnamed one may be all empty)
   };
+  struct Expectation {
+    Expect kind;
+    std::optional<Error> refusal;  // set = poisoned: replace its error with this
+    std::shared_ptr<AuditPending> audit = {};
+    // A Query sent as its decision's output_sql (output masking), and the
+    // policy that decided it: its result rows are masked here.
+    std::shared_ptr<const rules::StatementDecision> output = {};
+    std::shared_ptr<const rules::SessionPolicy> output_policy = {};
+    // A Parse binds its name to its text for the records of the Bind and
+    // Execute messages behind it at once (they may be in the same write).
+    // If PostgreSQL refuses the Parse (42P05 for a name in use, any error),
+    // the name keeps what it had: this is put back (restore_binding).
+    struct Binding {
+      std::string name;
+      std::optional<AuditSource> previous;  // nullopt: the name was not defined
+    };
+    std::optional<Binding> rebind_on_error = {};
+  };
   // The unnamed statement and portal (most drivers' only ones) live in
   // members, named ones in maps.
   AuditSource* audit_source(bool statement, const std::string& name);
   void set_audit_source(bool statement, const std::string& name, AuditSource src);
   void forget_audit_source(bool statement, const std::string& name);
+  Expectation::Binding binding_of(const std::string& name);
+  void restore_binding(const Expectation::Binding& b);
   void client_close(Bytes frame, Buffer& out);
 
   // data: where the bytes are (buf, or a batched read's slot).
@@ -1244,6 +1255,26 @@ void RelayConnection::set_audit_source(bool statement, const std::string& name, 
   }
 }
 
+// What a statement name is bound to before a Parse rebinds it. PostgreSQL
+// drops the unnamed statement when a Parse of it starts, so a failed one
+// leaves none; a failed Parse of a named statement leaves the old one
+// (exec_parse_message, src/backend/tcop/postgres.c).
+RelayConnection::Expectation::Binding RelayConnection::binding_of(const std::string& name) {
+  Expectation::Binding b{name, std::nullopt};
+  if (!name.empty()) {
+    if (AuditSource* old = audit_source(true, name)) b.previous = *old;
+  }
+  return b;
+}
+
+void RelayConnection::restore_binding(const Expectation::Binding& b) {
+  if (b.previous) {
+    set_audit_source(true, b.name, *b.previous);
+  } else {
+    forget_audit_source(true, b.name);
+  }
+}
+
 void RelayConnection::forget_audit_source(bool statement, const std::string& name) {
   if (name.empty()) {
     (statement ? audit_unnamed_statement_ : audit_unnamed_portal_) = {};
@@ -1350,14 +1381,19 @@ void RelayConnection::client_parse(Bytes frame, Buffer& out) {
     pending = audit_pending(std::make_shared<const std::string>(p->query), true);
     pending->statement_name = p->statement;
   }
-  // Later Bind/Execute records name this text; a failed Parse leaves no
-  // statement, and its Execute fails too (and is recorded as failed).
+  // Later Bind/Execute records name this text, until PostgreSQL refuses
+  // the Parse: then the name is bound to what it had (restore_binding).
+  std::optional<Expectation::Binding> rebind;
   auto remember = [&] {
-    if (pending) {
-      set_audit_source(
-          true, p->statement,
-          {pending->sql, pending->decision, pending->rule, p->statement, pending->profile, {}, {}});
-    }
+    if (!pending) return;
+    rebind = binding_of(p->statement);
+    set_audit_source(
+        true, p->statement,
+        {pending->sql, pending->decision, pending->rule, p->statement, pending->profile, {}, {}});
+  };
+  // The expectation just pushed for this Parse carries the binding back.
+  auto mark = [&] {
+    if (rebind && !expect_.empty()) expect_.back().rebind_on_error = std::move(rebind);
   };
   if (audit_refusing()) {
     pending->rule = "audit-unavailable";
@@ -1368,7 +1404,7 @@ void RelayConnection::client_parse(Bytes frame, Buffer& out) {
     remember();
     out.insert(out.end(), frame.begin(), frame.end());
     expect_.push_back({Expect::parse, {}, std::move(pending)});
-    return;
+    return mark();
   }
   auto d = decide(p->query);
   // A refused statement never runs, so it cannot change the catalog (and
@@ -1380,21 +1416,22 @@ void RelayConnection::client_parse(Bytes frame, Buffer& out) {
       remember();
       out.insert(out.end(), frame.begin(), frame.end());
       expect_.push_back({Expect::parse, {}, std::move(pending)});
-      return;
+      return mark();
     case rules::StatementDecision::Action::rewrite:
       if (pending) pending->decision = "masked";
       remember();
       p->query = d->sql;
       p->encode(out);
       expect_.push_back({Expect::parse, {}, std::move(pending)});
-      return;
+      return mark();
     case rules::StatementDecision::Action::refuse:
       log::info("refused (" + d->rule + "): " + d->refusal->message, id_);
       if (pending) {
         pending->decision = "denied";
         remember();
       }
-      return poison(Expect::parse, *d->refusal, std::move(pending), out, p->statement);
+      poison(Expect::parse, *d->refusal, std::move(pending), out, p->statement);
+      return mark();
   }
 }
 
@@ -2179,9 +2216,16 @@ void RelayConnection::server_frame(uint8_t type, Bytes frame, Buffer& out) {
         head.kind == Expect::query || head.kind == Expect::function_call || head.kind == Expect::sync;
     if (!simple) {
       // Extended protocol: this message failed and PostgreSQL skips the
-      // rest up to Sync, so their responses will not come.
+      // rest up to Sync, so their responses will not come. Names the failed
+      // and skipped Parses bound go back to what they were, last first.
+      std::vector<Expectation::Binding> rebind;
+      if (head.rebind_on_error) rebind.push_back(std::move(*head.rebind_on_error));
       expect_.pop_front();
-      while (!expect_.empty() && expect_.front().kind != Expect::sync) expect_.pop_front();
+      while (!expect_.empty() && expect_.front().kind != Expect::sync) {
+        if (expect_.front().rebind_on_error) rebind.push_back(std::move(*expect_.front().rebind_on_error));
+        expect_.pop_front();
+      }
+      for (auto it = rebind.rbegin(); it != rebind.rend(); ++it) restore_binding(*it);
     } else {
       expect_.front().refusal.reset();  // one error per Query; the rest of it is PostgreSQL's
     }

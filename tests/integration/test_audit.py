@@ -362,6 +362,55 @@ def test_records_follow_statements_closed_deallocated_and_reused(pgcloak, audit_
         assert sum(f"col_{i}" in r.get("normalized", "") for r in stmts) == 3, (i, [r.get("normalized") for r in stmts])
 
 
+def test_failed_parse_keeps_the_old_statement_in_records(pgcloak, audit_dir):
+    """A Parse that PostgreSQL refuses (42P05 for a name in use, a syntax
+    error) leaves the name bound to its old statement, and that is what a
+    later Execute runs: the record must say so, not name the refused text.
+    Before, `s1` reparsed as `SELECT 2 AS decoy` was recorded for the
+    Execute that ran `SELECT 1 AS real_text`."""
+    import pgwire as P
+    proxy = pgcloak(**audit_overrides(audit_dir))
+    w = P.PgWire(proxy.host, proxy.port, timeout=20)
+    w.start_tls()
+    w.startup("trust_user", "app", params={"application_name": "audit-reparse"})
+
+    def run(stmt: str) -> list:
+        w.send(P.bind(stmt=stmt) + P.execute() + P.sync())
+        return w.read_until_ready()
+
+    w.send(P.parse("SELECT 1 AS real_text", "s1") + P.sync())
+    assert not P.errors(w.read_until_ready())
+    # Refused: the name is in use (42P05), and a syntax error.
+    w.send(P.parse("SELECT 2 AS decoy_in_use", "s1") + P.sync())
+    assert [e.get("C") for e in P.errors(w.read_until_ready())] == ["42P05"]
+    w.send(P.parse("SELECT 3 AS decoy_syntax FROM", "s1") + P.sync())
+    assert [e.get("C") for e in P.errors(w.read_until_ready())] == ["42601"]
+    assert P.rows(run("s1")) == [[b"1"]]
+    # In one pipeline: the failed Parse makes PostgreSQL skip the rest up to
+    # Sync, and the Parse it skipped binds nothing either.
+    w.send(P.parse("SELECT 4 AS decoy_pipelined", "s1") + P.parse("SELECT 5 AS decoy_skipped", "s2")
+           + P.bind(stmt="s1") + P.execute() + P.sync())
+    assert [e.get("C") for e in P.errors(w.read_until_ready())] == ["42P05"]
+    assert P.rows(run("s1")) == [[b"1"]]
+    assert [e.get("C") for e in P.errors(run("s2"))] == ["26000"]  # s2 does not exist
+    # The unnamed statement: a failed Parse leaves none.
+    w.send(P.parse("SELECT 6 AS unnamed_text") + P.sync())
+    w.read_until_ready()
+    w.send(P.parse("SELECT 7 AS decoy_unnamed FROM") + P.sync())
+    w.read_until_ready()
+    assert [e.get("C") for e in P.errors(run(""))] == ["26000"]
+    w.close()
+
+    recs = wait_sessions_ended(audit_dir)
+    execs = [r for r in recs if r["kind"] == "statement" and r.get("application_name") == "audit-reparse"
+             and r.get("statement_name") == "s1" and r.get("command_tag", "").startswith("SELECT")]
+    assert len(execs) == 2, execs
+    assert all("real_text" in r.get("normalized", "") for r in execs), [r.get("normalized") for r in execs]
+    text = json.dumps([r for r in recs if r.get("application_name") == "audit-reparse"
+                       and r.get("command_tag", "").startswith("SELECT")])
+    assert "decoy" not in text
+
+
 def test_fetch_records_name_the_cursors_relations(pgcloak, audit_dir):
     # psycopg's named (server-side) cursor: DECLARE, then FETCHes that name
     # only the cursor.

@@ -195,9 +195,15 @@ def test_block_refuses_logins_until_lifted(pgcloak, shop, monkeypatch, tmp_path,
     assert status == 200, text
     with connect(proxy, "analyst") as c:
         assert c.execute("SELECT 1").fetchone() == (1,)
+    # Records are written in the background (batched durability): wait for
+    # the lift's.
+    def lifted(records):
+        return [r for r in records if r["kind"] == "config_reload" or r["kind"] == "block_lifted"]
+
+    wait_for(lambda: lifted(read_records(str(tmp_path))), 10, what="the record of the lifted block")
     records = read_records(str(tmp_path))
     assert [r for r in records if r["kind"] == "denial" and r.get("rule") == "detection:blocked"]
-    assert [r for r in records if r["kind"] == "config_reload" or r["kind"] == "block_lifted"]
+    assert lifted(records)
 
 
 def get_json(url, token):
