@@ -92,3 +92,26 @@ def assert_no_leak(rows, raw_values) -> None:
                 assert v not in raw_values, f"raw protected value leaked: {v!r}"
                 for word in re.findall(r"[\w.+-]+@[\w.-]+|\+?[\d-]{11,}", v):
                     assert word not in raw_values, f"raw protected value leaked inside text: {word!r}"
+
+
+def start_masked_proxy(pg, certs, workroot: str, dbname: str, prefix: str):
+    """A pgcloak of its own (not the conftest's per-test factory) with the
+    policies above and its catalog read from `dbname`, started with the mask
+    key in its environment only; the caller stops it."""
+    import os
+    import tempfile
+
+    from proxy import Pgcloak, deep_merge, default_config
+
+    cfg = deep_merge(default_config(pg, certs), masking_overrides(dbname))
+    p = Pgcloak(tempfile.mkdtemp(prefix=prefix, dir=workroot), cfg, certs)
+    saved = os.environ.get(MASK_KEY_ENV)
+    os.environ[MASK_KEY_ENV] = MASK_KEY  # inherited by the pgcloak process only at start
+    try:
+        p.start()
+    finally:
+        if saved is None:
+            os.environ.pop(MASK_KEY_ENV, None)
+        else:
+            os.environ[MASK_KEY_ENV] = saved
+    return p

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import threading
 
 import pytest
 
 import leak_oracle as lo
-from masking_fixture import MASK_KEY, MASK_KEY_ENV, masking_overrides
-from proxy import Pgcloak, deep_merge, default_config
+from masking_fixture import MASK_KEY, start_masked_proxy
 from shop import SHOP_PASSWORDS, load_shop
 
 STATEMENTS_PER_ROLE = int(os.environ.get("LEAK_ORACLE_STATEMENTS", "10000"))
@@ -44,17 +42,7 @@ def leak_shop(pg):
 
 @pytest.fixture(scope="module")
 def leak_proxy(pg, certs, workroot, leak_shop):
-    cfg = deep_merge(default_config(pg, certs), masking_overrides(lo.LEAK_DB))
-    p = Pgcloak(tempfile.mkdtemp(prefix="pgcloak-leak-", dir=workroot), cfg, certs)
-    saved = os.environ.get(MASK_KEY_ENV)
-    os.environ[MASK_KEY_ENV] = MASK_KEY  # inherited by the pgcloak process only at start
-    try:
-        p.start()
-    finally:
-        if saved is None:
-            os.environ.pop(MASK_KEY_ENV, None)
-        else:
-            os.environ[MASK_KEY_ENV] = saved
+    p = start_masked_proxy(pg, certs, workroot, lo.LEAK_DB, "pgcloak-leak-")
     try:
         lo.wait_catalog(p.host, p.port, SHOP_PASSWORDS["support"])
         yield p

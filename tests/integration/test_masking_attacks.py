@@ -40,7 +40,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -49,9 +48,8 @@ import pytest
 
 import pgwire
 from clients import psql
-from masking_fixture import MASK_KEY, MASK_KEY_ENV, masking_overrides, wait_for_masking
+from masking_fixture import start_masked_proxy, wait_for_masking
 from masking_fixture import connect as masked_connect
-from proxy import Pgcloak, deep_merge, default_config
 from shop import SHOP_PASSWORDS, load_shop
 from util import run
 
@@ -151,17 +149,7 @@ def attack_shop(pg):
 def attack_proxy(pg, certs, workroot, attack_shop):
     """One pgcloak for the module (the conftest factory is per test), with
     the demo policies and its catalog read from the attack database."""
-    cfg = deep_merge(default_config(pg, certs), masking_overrides(ATTACK_DB))
-    p = Pgcloak(tempfile.mkdtemp(prefix="pgcloak-attacks-", dir=workroot), cfg, certs)
-    saved = os.environ.get(MASK_KEY_ENV)
-    os.environ[MASK_KEY_ENV] = MASK_KEY  # inherited by the pgcloak process only at start
-    try:
-        p.start()
-    finally:
-        if saved is None:
-            os.environ.pop(MASK_KEY_ENV, None)
-        else:
-            os.environ[MASK_KEY_ENV] = saved
+    p = start_masked_proxy(pg, certs, workroot, ATTACK_DB, "pgcloak-attacks-")
     try:
         with masked_connect(p, "support", dbname=ATTACK_DB) as c:
             wait_for_masking(c)

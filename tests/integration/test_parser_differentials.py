@@ -9,12 +9,10 @@ and no run of 128 hex digits (the HMAC pads of the hash mask, which the
 rewritten statement carries and from which the key follows)."""
 from __future__ import annotations
 
-import os
 import re
 import struct
 import subprocess
 
-import psycopg
 import pytest
 
 import pgwire
