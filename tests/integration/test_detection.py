@@ -147,12 +147,17 @@ def test_cancel_cuts_a_bulk_read_mid_stream(pgcloak, shop, monkeypatch, tmp_path
     assert not [e for e in emails if e in json.dumps([m[2] for m in msgs])]
 
     # The audit trail: the alerts, and the statements recorded as cancelled.
+    # Records are written in the background, a statement's after its alert:
+    # wait for both.
+    def cancelled_of(records):
+        return [r for r in records if r["kind"] == "statement" and r.get("sqlstate") == "57014"]
+
     records = wait_for(lambda: (r := read_records(str(tmp_path))) and
-                       len([x for x in r if x["kind"] == "alert"]) >= 2 and r, timeout=15,
-                       what="alerts in the audit trail")
+                       len([x for x in r if x["kind"] == "alert"]) >= 2 and len(cancelled_of(r)) >= 2 and r,
+                       timeout=15, what="alerts and cancelled statements in the audit trail")
     alert_records = [r for r in records if r["kind"] == "alert"]
     assert alert_records[0]["rule"] == "support-bulk-read" and alert_records[0]["user"] == "support"
-    cancelled = [r for r in records if r["kind"] == "statement" and r.get("sqlstate") == "57014"]
+    cancelled = cancelled_of(records)
     assert len(cancelled) == 2, cancelled
     assert all(r["rule"] == "support-bulk-read" for r in cancelled)
     assert not [e for e in emails if e in json.dumps(records)]
